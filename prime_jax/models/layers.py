@@ -1,0 +1,141 @@
+"""Pieces shared by the backbones: rotary embedding, time embedding, conditioning, norms.
+
+Every parameter is created through `nn.with_logical_partitioning`, so the training code can
+shard it by logical-axis rules (names listed in `prime_jax.models.LOGICAL_AXES`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Array = jax.Array
+
+default_kernel_init = nn.initializers.xavier_uniform()
+zeros_init = nn.initializers.zeros
+ones_init = nn.initializers.ones
+
+
+def logical(init, names: Sequence[Optional[str]]):
+  """Wraps an initializer so the parameter is boxed with logical axis `names`."""
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+def constrain(x: Array, names: Sequence[Optional[str]]) -> Array:
+  """Logical sharding constraint on an activation; a no-op without a mesh and rules."""
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+def apply_rotary(x_BLNH: Array, positions_L: Array, *, max_wavelength: float = 10_000.0) -> Array:
+  """Rotary position embedding on the last axis (even size H), half-split convention.
+
+  Pairs (i, i + H/2) are rotated by angle `position * max_wavelength**(-2i/H)`; so
+  <rot(q, m), rot(k, n)> depends on m - n only. Computed in float32, returned in x's dtype.
+  """
+  head_dim = x_BLNH.shape[-1]
+  if head_dim % 2:
+    raise ValueError(f"rotary embedding needs an even head dimension, got {head_dim}")
+  half = head_dim // 2
+  inv_freq_F = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_LF = positions_L.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
+  cos_L1F = jnp.cos(angles_LF)[:, None, :]
+  sin_L1F = jnp.sin(angles_LF)[:, None, :]
+  x = x_BLNH.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos_L1F - x2 * sin_L1F, x2 * cos_L1F + x1 * sin_L1F], axis=-1)
+  return out.astype(x_BLNH.dtype)
+
+
+def timestep_embedding(t_B: Array, dim: int, *, max_period: float = 10_000.0,
+                       scale: float = 1000.0) -> Array:
+  """Sinusoidal features of continuous time t in [0, 1] (scaled by `scale`): (B,) -> (B, dim)."""
+  half = dim // 2
+  freqs_F = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args_BF = (scale * t_B.astype(jnp.float32))[:, None] * freqs_F[None, :]
+  emb = jnp.concatenate([jnp.cos(args_BF), jnp.sin(args_BF)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+  """adaLN / FiLM modulation x * (1 + scale) + shift."""
+  return x * (1.0 + scale) + shift
+
+
+class Conditioning(nn.Module):
+  """The conditioning vector c (B, cond_dim) that drives adaLN / scale-shift norms.
+
+  Without time conditioning c is one learned constant (t is ignored); with it,
+  c = SiLU(MLP(sinusoid(t))). The constant is initialised with unit normal entries so the
+  zero-initialised modulation layers receive gradient from the first step.
+  """
+
+  cond_dim: int
+  time_conditioning: bool = False
+  frequency_dim: int = 256
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t_B: Optional[Array], batch_size: int) -> Array:
+    if not self.time_conditioning:
+      c_C = self.param("constant", logical(nn.initializers.normal(1.0), ("cond",)),
+                       (self.cond_dim,), self.param_dtype)
+      return jnp.broadcast_to(c_C.astype(jnp.float32), (batch_size, self.cond_dim))
+    if t_B is None:
+      raise ValueError("time_conditioning=True but no time t_B was given")
+    t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (batch_size,))
+    h = timestep_embedding(t_B, self.frequency_dim)
+    h = nn.Dense(self.cond_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
+                 kernel_init=logical(default_kernel_init, ("freq", "cond")),
+                 bias_init=logical(zeros_init, ("cond",)), name="time_in")(h)
+    h = nn.silu(h)
+    h = nn.Dense(self.cond_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
+                 kernel_init=logical(default_kernel_init, ("cond_hidden", "cond")),
+                 bias_init=logical(zeros_init, ("cond",)), name="time_out")(h)
+    return nn.silu(h)
+
+
+class Modulation(nn.Module):
+  """Zero-initialised projection of the conditioning vector to `num` vectors of width `features`.
+
+  Returns a tuple of `num` arrays (B, features), float32 (the cost is per example, not per token).
+  """
+
+  num: int
+  features: int
+  feature_axis: str = "embed"
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, c_BC: Array) -> tuple[Array, ...]:
+    out = nn.DenseGeneral(
+        (self.num, self.features), dtype=jnp.float32, param_dtype=self.param_dtype,
+        kernel_init=logical(zeros_init, ("cond", "modulation", self.feature_axis)),
+        bias_init=logical(zeros_init, ("modulation", self.feature_axis)),
+        name="proj")(c_BC)
+    return tuple(out[:, i] for i in range(self.num))
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis, statistics and output in float32; optional scale, no bias."""
+
+  use_scale: bool = True
+  epsilon: float = 1e-5
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return nn.LayerNorm(epsilon=self.epsilon, use_bias=False, use_scale=self.use_scale,
+                        dtype=jnp.float32, param_dtype=self.param_dtype,
+                        scale_init=logical(ones_init, ("norm",)), name="ln")(x)
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalars in a (possibly logically boxed) parameter tree."""
+  return int(sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(params))))

@@ -1,0 +1,179 @@
+"""The text backbone: MDLM's diffusion transformer ("DiT") over Prime sub-token inputs.
+
+Pre-LayerNorm blocks with adaLN-Zero modulation, rotary position embedding on q and k,
+non-causal attention (a `causal` switch serves an autoregressive baseline), GELU MLP, dropout,
+final adaLN and a zero-initialised head giving C = code.vocab_size logits per token.
+
+Dtype policy: parameters in `param_dtype`; matmuls and attention in `dtype`; LayerNorm
+statistics, adaLN modulation and the residual stream in float32; logits in `logits_dtype`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
+from prime_jax.models.layers import (Conditioning, LayerNorm, Modulation, apply_rotary,
+                                     constrain, default_kernel_init, logical, modulate,
+                                     zeros_init)
+from prime_jax.subtokens import PrimeCode
+
+Dtype = Any
+ACTIVATION_AXES = ("batch", "length", "embed")
+
+
+def transformer_body_matmul_params(d_model: int, num_layers: int, mlp_ratio: int = 4) -> int:
+  """N_body: matmul weights a token passes through in the blocks (q, k, v, out, MLP in/out).
+
+  Forward FLOPs per token ≈ 2·N_body + 2·d_model·C (head) + 4·num_layers·L·d_model (attention
+  scores and values, non-causal). adaLN projections act once per sequence and are not counted.
+  """
+  return num_layers * (4 + 2 * mlp_ratio) * d_model * d_model
+
+
+class DiTBlock(nn.Module):
+  """One pre-LN block: x += g1·Attn(mod(LN(x))); x += g2·MLP(mod(LN(x))), (shift, scale, g) from c."""
+
+  d_model: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.1
+  causal: bool = False
+  deterministic: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, c_BC: jax.Array) -> tuple[jax.Array, None]:
+    d, n = self.d_model, self.num_heads
+    h_dim = d // n
+    dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    shift1, scale1, gate1, shift2, scale2, gate2 = (
+        m[:, None, :] for m in Modulation(6, d, param_dtype=self.param_dtype,
+                                          name="adaln")(c_BC))
+
+    # Attention.
+    h = modulate(LayerNorm(param_dtype=self.param_dtype, name="norm1")(x_BLD), shift1, scale1)
+    h = h.astype(self.dtype)
+    qkv_kw = dict(features=(n, h_dim), use_bias=False,
+                  kernel_init=logical(default_kernel_init, ("embed", "heads", "kv")), **dense)
+    q_BLNH = nn.DenseGeneral(name="query", **qkv_kw)(h)
+    k_BLNH = nn.DenseGeneral(name="key", **qkv_kw)(h)
+    v_BLNH = nn.DenseGeneral(name="value", **qkv_kw)(h)
+    positions_L = jnp.arange(x_BLD.shape[1])
+    q_BLNH = apply_rotary(q_BLNH, positions_L)
+    k_BLNH = apply_rotary(k_BLNH, positions_L)
+    a_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, is_causal=self.causal)
+    a_BLD = nn.DenseGeneral(d, axis=(-2, -1), use_bias=False,
+                            kernel_init=logical(default_kernel_init, ("heads", "kv", "embed")),
+                            name="attn_out", **dense)(a_BLNH)
+    a_BLD = nn.Dropout(self.dropout, deterministic=self.deterministic)(a_BLD)
+    x_BLD = x_BLD + gate1 * a_BLD.astype(jnp.float32)
+    x_BLD = constrain(x_BLD, ACTIVATION_AXES)
+
+    # MLP.
+    h = modulate(LayerNorm(param_dtype=self.param_dtype, name="norm2")(x_BLD), shift2, scale2)
+    h = h.astype(self.dtype)
+    h = nn.Dense(self.mlp_ratio * d, kernel_init=logical(default_kernel_init, ("embed", "mlp")),
+                 bias_init=logical(zeros_init, ("mlp",)), name="mlp_in", **dense)(h)
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = nn.gelu(h, approximate=True)
+    h = nn.Dense(d, kernel_init=logical(default_kernel_init, ("mlp", "embed")),
+                 bias_init=logical(zeros_init, ("embed",)), name="mlp_out", **dense)(h)
+    h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
+    x_BLD = x_BLD + gate2 * h.astype(jnp.float32)
+    return constrain(x_BLD, ACTIVATION_AXES), None
+
+
+class PrimeTransformer(nn.Module):
+  """MDLM-style DiT on Prime sub-tokens: (B, L, ℓ) ints in {0..b} -> (B, L, C) token logits.
+
+  Without `time_conditioning` the adaLN conditioning is a learned constant and `t_B` is ignored
+  (the paper's setting). `remat` rematerialises each block; `scan_layers` stacks the blocks'
+  parameters on a leading 'layers' axis and runs them with `nn.scan`.
+  """
+
+  code: PrimeCode
+  d_model: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  mlp_ratio: int = 4
+  dropout: float = 0.1
+  cond_dim: int = 128
+  time_conditioning: bool = False
+  causal: bool = False
+  per_digit_tables: bool = False
+  combine: str = "concat"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  logits_dtype: Dtype = jnp.float32
+  remat: bool = False
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    name = type(self).__name__
+    for field in ("d_model", "num_layers", "num_heads", "mlp_ratio", "cond_dim"):
+      value = getattr(self, field)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: {field} must be a positive integer, got {value!r}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"{name}: d_model={self.d_model} must be divisible by "
+                       f"num_heads={self.num_heads}")
+    if (self.d_model // self.num_heads) % 2:
+      raise ValueError(f"{name}: head dimension d_model/num_heads = "
+                       f"{self.d_model}/{self.num_heads} = {self.d_model // self.num_heads} "
+                       "must be even for the rotary embedding")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"{name}: dropout must be in [0, 1), got {self.dropout!r}")
+    check_embedding_config(self.code, self.d_model, self.per_digit_tables, self.combine,
+                           owner=name, features_field="d_model")
+    super().__post_init__()
+
+  def body_matmul_params(self) -> int:
+    """N_body of this configuration (see `transformer_body_matmul_params`)."""
+    return transformer_body_matmul_params(self.d_model, self.num_layers, self.mlp_ratio)
+
+  @nn.compact
+  def __call__(self, y_BLl: jax.Array, t_B: Optional[jax.Array] = None, *,
+               train: bool) -> jax.Array:
+    ell = self.code.length
+    if y_BLl.ndim != 3 or y_BLl.shape[-1] != ell:
+      raise ValueError(f"{type(self).__name__}: input must have shape (B, L, ℓ={ell}), "
+                       f"got {y_BLl.shape}")
+    batch = y_BLl.shape[0]
+    x_BLD = PrimeEmbedding(self.code, self.d_model, per_digit_tables=self.per_digit_tables,
+                           combine=self.combine, dtype=jnp.float32,
+                           param_dtype=self.param_dtype, name="embed")(y_BLl)
+    x_BLD = constrain(x_BLD, ACTIVATION_AXES)
+    c_BC = Conditioning(self.cond_dim, self.time_conditioning, param_dtype=self.param_dtype,
+                        name="cond")(t_B, batch)
+
+    block_kw = dict(d_model=self.d_model, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                    dropout=self.dropout, causal=self.causal, deterministic=not train,
+                    dtype=self.dtype, param_dtype=self.param_dtype)
+    block_cls = DiTBlock
+    if self.remat:
+      block_cls = nn.remat(DiTBlock, prevent_cse=not self.scan_layers)
+    if self.scan_layers:
+      x_BLD, _ = nn.scan(
+          block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=nn.broadcast, length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(name="blocks", **block_kw)(x_BLD, c_BC)
+    else:
+      for i in range(self.num_layers):
+        x_BLD, _ = block_cls(name=f"block_{i}", **block_kw)(x_BLD, c_BC)
+
+    shift, scale = (m[:, None, :] for m in Modulation(2, self.d_model,
+                                                       param_dtype=self.param_dtype,
+                                                       name="final_adaln")(c_BC))
+    h = modulate(LayerNorm(param_dtype=self.param_dtype, name="final_norm")(x_BLD), shift, scale)
+    logits_BLC = nn.Dense(self.code.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                          kernel_init=logical(zeros_init, ("embed", "vocab")),
+                          bias_init=logical(zeros_init, ("vocab",)),
+                          name="head")(h.astype(self.dtype))
+    logits_BLC = constrain(logits_BLC, ("batch", "length", "vocab"))
+    return logits_BLC.astype(self.logits_dtype)
