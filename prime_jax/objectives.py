@@ -8,6 +8,8 @@ Nothing of shape (..., C, ℓ) is formed. Losses are per token, already multipli
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -57,13 +59,103 @@ def restrict_logits(code: PrimeCode, logits, y) -> jax.Array:
   return grid.reshape(grid.shape[:-code.length] + (-1,))[..., :code.vocab_size]
 
 
+def _flat(code: PrimeCode, grid) -> jax.Array:
+  return grid.reshape(grid.shape[:-code.length] + (-1,))
+
+
+def _grid_axes(grid, ell: int) -> tuple[int, ...]:
+  return tuple(range(grid.ndim - ell, grid.ndim))
+
+
+def _marginal_sums(e_grid, ell: int) -> list[jax.Array]:
+  """Per digit j, the sums of e over every other digit axis: [(..., n_j)] for j < ℓ.
+
+  Leading axes are summed away one at a time, so only two passes touch the full grid.
+  """
+  sums = []
+  rest = e_grid
+  for j in range(ell):
+    trailing = tuple(range(rest.ndim - (ell - 1 - j), rest.ndim))
+    sums.append(rest.sum(axis=trailing) if trailing else rest)
+    if j < ell - 1:
+      rest = rest.sum(axis=rest.ndim - (ell - j))
+  return sums
+
+
+def _digit_onehot_sum(code: PrimeCode, values_Dl, digits_Dl) -> jax.Array:
+  """Σ_j values_j · [code's digit j == digits_j], broadcast to the grid (..., d0, b, ..., b)."""
+  lead = digits_Dl.shape[:-1]
+  total = 0.0
+  for j, size in enumerate(code.grid_shape):
+    hit = digits_Dl[..., j, None] == jnp.arange(size)
+    term = jnp.where(hit, values_Dl[..., j, None], 0.0)
+    total = total + term.reshape(lead + (1,) * j + (size,) + (1,) * (code.length - 1 - j))
+  return total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _token_nll(code: PrimeCode, grid, x0):
+  """-log softmax(grid)[x0]; its gradient softmax - onehot is formed in one fused pass."""
+  return _token_nll_fwd(code, grid, x0)[0]
+
+
+def _token_nll_fwd(code, grid, x0):
+  flat = _flat(code, grid)
+  log_z = jax.nn.logsumexp(flat, axis=-1)
+  target = jnp.take_along_axis(flat, x0[..., None], axis=-1)[..., 0]
+  return log_z - target, (grid, log_z, x0)
+
+
+def _token_nll_bwd(code, res, g):
+  grid, log_z, x0 = res
+  flat = _flat(code, grid)
+  onehot = x0[..., None] == jnp.arange(flat.shape[-1])
+  d_flat = g[..., None] * (jnp.exp(flat - log_z[..., None]) - onehot)
+  return d_flat.reshape(grid.shape), None
+
+
+_token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _masked_digit_nll(code: PrimeCode, grid, digits, masked):
+  """Σ_j masked_j · -log μ^j(digits_j) under softmax(grid): (...,).
+
+  The gradient P_c · (Σ_j masked_j - Σ_j masked_j [c_j = digits_j] / μ^j) is one fused pass, so
+  the cost stays near plain cross-entropy for every ℓ.
+  """
+  return _masked_digit_nll_fwd(code, grid, digits, masked)[0]
+
+
+def _masked_digit_nll_fwd(code, grid, digits, masked):
+  axes = _grid_axes(grid, code.length)
+  peak = jax.lax.stop_gradient(grid.max(axis=axes))
+  e = jnp.exp(grid - peak.reshape(peak.shape + (1,) * code.length))
+  sums = _marginal_sums(e, code.length)
+  z = sums[0].sum(-1)  # (...,)
+  hit = jnp.stack([jnp.take_along_axis(s, digits[..., j, None], axis=-1)[..., 0]
+                   for j, s in enumerate(sums)], axis=-1)  # (..., ℓ)
+  # Clamp: a true digit with mass below 1e-37 of the peak costs at most ~85 nats, never inf.
+  hit = jnp.maximum(hit, 1e-37 * z[..., None])
+  masked = masked.astype(grid.dtype)
+  nll = (masked * (jnp.log(z)[..., None] - jnp.log(hit))).sum(-1)
+  return nll, (grid, peak, z, hit / z[..., None], digits, masked)
+
+
+def _masked_digit_nll_bwd(code, res, g):
+  grid, peak, z, mu, digits, masked = res
+  expand = lambda a: a.reshape(a.shape + (1,) * code.length)
+  p = jnp.exp(grid - expand(peak)) / expand(z)
+  coef = expand(masked.sum(-1)) - _digit_onehot_sum(code, masked / mu, digits)
+  return expand(g) * p * coef, None, None
+
+
+_masked_digit_nll.defvjp(_masked_digit_nll_fwd, _masked_digit_nll_bwd)
+
+
 def token_log_probs(code: PrimeCode, logits, x0, y=None) -> jax.Array:
   """(...,) log p(x0 | y) under the softmax of the token logits, restricted by y when given."""
-  grid = grid_logits(code, logits, y)
-  flat = grid.reshape(grid.shape[:-code.length] + (-1,))
-  log_z = jax.nn.logsumexp(flat, axis=-1)
-  target = jnp.take_along_axis(flat, jnp.asarray(x0)[..., None], axis=-1)[..., 0]
-  return target - log_z
+  return -_token_nll(code, grid_logits(code, logits, y), jnp.asarray(x0))
 
 
 def digit_log_marginals(code: PrimeCode, logits, y=None) -> jax.Array:
@@ -72,13 +164,14 @@ def digit_log_marginals(code: PrimeCode, logits, y=None) -> jax.Array:
   Entries for leading-digit values that no valid token has are NEG_INF.
   """
   grid = grid_logits(code, logits, y)
-  ell = code.length
-  axes = tuple(range(grid.ndim - ell, grid.ndim))
-  log_z = jax.nn.logsumexp(grid, axis=axes)[..., None]
+  axes = _grid_axes(grid, code.length)
+  peak = grid.max(axis=axes, keepdims=True)
+  sums = _marginal_sums(jnp.exp(grid - peak), code.length)
+  log_z = jnp.log(sums[0].sum(-1, keepdims=True))
   rows = []
-  for j in range(ell):
-    others = tuple(a for a in axes if a != axes[j])
-    row = jax.nn.logsumexp(grid, axis=others) - log_z if others else grid - log_z
+  for s in sums:
+    row = jnp.log(s) - log_z
+    row = jnp.where(s > 0, row, NEG_INF)
     if row.shape[-1] < code.base:
       row = jnp.pad(row, [(0, 0)] * (row.ndim - 1) + [(0, code.base - row.shape[-1])],
                     constant_values=NEG_INF)
@@ -112,10 +205,8 @@ def valid_loss(code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
   """
   x0 = jnp.asarray(x0)
   y_t = jnp.asarray(y_t)
-  log_mu = digit_log_marginals(code, logits, y_t if carry_over else None)  # (..., ℓ, b)
-  digits = code.encode(x0)
-  target = jnp.take_along_axis(log_mu, digits[..., None], axis=-1)[..., 0]  # (..., ℓ)
-  nll = jnp.where(y_t == code.mask_value, -target, 0.0).sum(-1)
+  grid = grid_logits(code, logits, y_t if carry_over else None)
+  nll = _masked_digit_nll(code, grid, code.encode(x0), y_t == code.mask_value)
   return nll * _time_weight(schedule, t, x0.ndim)
 
 
