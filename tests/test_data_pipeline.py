@@ -109,3 +109,21 @@ def test_default_process_is_jax_process():
   config = _digits()
   loader = data.make_loader(config, "validation", batch_size=8, shuffle=False, num_epochs=1)
   assert len(list(loader)) == 360 // 8
+
+
+def test_orbax_checkpoints_the_iterator(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  import grain
+  config = data.default_config("shakespeare_bytes", seq_len=32)
+  kw = dict(batch_size=4, seed=3, shuffle=True, process_index=0, process_count=1)
+  it = iter(data.make_loader(config, "train", **kw))
+  _take(it, 2)
+  manager = ocp.CheckpointManager(str(tmp_path))
+  manager.save(2, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  want = _take(it, 2)
+  fresh = iter(data.make_loader(config, "train", **kw))
+  manager.restore(2, args=ocp.args.Composite(
+      data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+  for a, b in zip(want, _take(fresh, 2)):
+    np.testing.assert_array_equal(a, b)
