@@ -1,0 +1,26 @@
+"""OpenWebText, MDLM-small shape (12 layers, D 768, 12 heads, L 1024), GPT-2 BPE, batch 512.
+
+  python -m prime_jax.main --config=configs/openwebtext.py:ell=4 --workdir=gs://bucket/owt_l4
+Arguments: ell (1, 2, 3, 4, 6, 8), objective, carry_over, baseline (''|mdm|ar).
+Prepare the data first: python -m prime_jax.data.prepare openwebtext --out=DIR.
+"""
+
+from prime_jax import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
+                                        data_dir="data/openwebtext"))
+  c = config_lib.base_config()
+  c.data.update(name="openwebtext", seq_len=1024, tokenizer="gpt2", data_dir=args.data_dir)
+  c.model.update(d_model=768, num_layers=12, num_heads=12, dropout=0.1, dtype="bfloat16",
+                 remat=True)
+  c.optim.update(lr=3e-4, warmup_steps=2500, lr_schedule="constant", ema_decay=0.9999,
+                 weight_decay=0.0, grad_clip=1.0)
+  c.train.update(batch_size=512, num_steps=1_000_000, log_every=100, eval_every=10_000,
+                 eval_batches=64, checkpoint_every=5000, keep_last=3, keep_every=100_000)
+  c.eval.update(batch_size=64, num_batches=0, num_time_samples=1)
+  c.sample.update(num_samples=64, batch_size=64, steps=512, digit_source="joint", top_p=0.95)
+  c.mesh.update(data=-1, fsdp=1, tensor=1)
+  config_lib.apply_variant(c, args)
+  return c

@@ -1,0 +1,208 @@
+"""Config building blocks shared by the files in configs/, and validation before compilation.
+
+Config files call `base_config()` and `parse_arg(arg, ...)` so that
+`--config=configs/NAME.py:ell=4,objective=joint` selects a variant.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections
+
+OBJECTIVES = ("valid", "joint", "cross_entropy", "autoregressive")
+MODEL_TYPES = ("transformer", "unet")
+DTYPES = ("float32", "bfloat16")
+LR_SCHEDULES = ("cosine", "constant", "linear")
+NAN_POLICIES = ("stop", "skip")
+
+# Logical axis -> mesh axes. Parameters are sharded over fsdp (and tensor for wide axes);
+# activations over the batch axes. Names not listed stay replicated.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("conv_out", "tensor"),
+    ("length", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with defaults; config files override what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      name="shakespeare_bytes", seq_len=128, data_dir=None, tokenizer=None,
+      tokenizer_path=None, image_levels=256, wrap=None, num_workers=0))
+  c.model = ml_collections.ConfigDict(dict(
+      type="transformer", length=2, d_model=128, num_layers=4, num_heads=4, mlp_ratio=4,
+      dropout=0.0, cond_dim=128, time_conditioning=False, causal=False,
+      per_digit_tables=False, combine="concat", dtype="float32", remat=False,
+      scan_layers=False,
+      # U-Net only.
+      ch=96, ch_mult=(3, 4, 4), num_res_blocks=5, attn_resolutions=(16,), head_dim=64,
+      emb_features=0))
+  c.diffusion = ml_collections.ConfigDict(dict(
+      objective="valid", carry_over=True, schedule="loglinear", schedule_eps=1e-3,
+      schedule_power=3.0, t_min=1e-5, antithetic=True))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=3e-4, lr_schedule="constant", warmup_steps=100, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0, grad_clip=1.0, ema_decay=0.999, grad_accum_steps=1))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32, num_steps=1000, log_every=50, eval_every=500, eval_batches=8,
+      sample_every=0, num_samples=4, checkpoint_every=500, keep_last=2, keep_every=0,
+      async_checkpoint=True, nan_policy="stop", max_skipped_steps=10,
+      allow_incompatible_workdir=False))
+  c.eval = ml_collections.ConfigDict(dict(
+      split="validation", batch_size=32, num_batches=16, num_time_samples=4, use_ema=True,
+      data_name=""))
+  c.sample = ml_collections.ConfigDict(dict(
+      num_samples=8, batch_size=8, steps=0, digit_source="marginal", grid="uniform",
+      top_p=1.0, temperature=1.0, use_ema=True, prefix="", checkpoint_step=-1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = DEFAULT_RULES
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize=False, coordinator_address="", num_processes=0, process_id=-1))
+  return c
+
+
+def parse_arg(arg: str | None, defaults: dict[str, Any]) -> ml_collections.ConfigDict:
+  """'k=v,k2=v2' -> ConfigDict over `defaults`; unknown keys are an error naming the known ones."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    if "=" not in item:
+      raise ValueError(f"config argument {item!r} is not key=value; keys: {sorted(defaults)}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    values[key] = type(defaults[key])(value) if defaults[key] is not None else value
+  return ml_collections.ConfigDict(values)
+
+
+def _fail(field: str, value: Any, accepted: str) -> None:
+  raise ValueError(f"config.{field}={value!r} is invalid: expected {accepted}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks a resolved config before anything is built; errors name the field and what is accepted."""
+  m, d, o, t = config.model, config.diffusion, config.optim, config.train
+  if m.type not in MODEL_TYPES:
+    _fail("model.type", m.type, f"one of {MODEL_TYPES}")
+  if d.objective not in OBJECTIVES:
+    _fail("diffusion.objective", d.objective, f"one of {OBJECTIVES}")
+  if m.dtype not in DTYPES:
+    _fail("model.dtype", m.dtype, f"one of {DTYPES}")
+  if not isinstance(m.length, int) or m.length < 1:
+    _fail("model.length", m.length, "an integer ℓ >= 1")
+  if d.objective == "autoregressive":
+    if not m.causal or m.length != 1 or m.type != "transformer":
+      _fail("diffusion.objective", d.objective,
+            "model.causal=True, model.length=1 and model.type='transformer' for the "
+            "autoregressive baseline")
+  elif m.causal:
+    _fail("model.causal", m.causal, "False unless diffusion.objective='autoregressive'")
+  if m.type == "transformer" and m.combine == "concat" and m.d_model % m.length:
+    _fail("model.d_model", m.d_model, f"a multiple of model.length={m.length} (ℓ), since "
+          "the ℓ digit embeddings are concatenated (or set model.combine='sum')")
+  if m.type == "transformer" and m.d_model % m.num_heads:
+    _fail("model.d_model", m.d_model, f"a multiple of model.num_heads={m.num_heads}")
+  if not 0 <= m.dropout < 1:
+    _fail("model.dropout", m.dropout, "a number in [0, 1)")
+  from prime_jax import schedules  # Light module; imported here to keep this file dependency-free.
+  if d.schedule not in schedules.SCHEDULES:
+    _fail("diffusion.schedule", d.schedule, f"one of {sorted(schedules.SCHEDULES)}")
+  if not 0 < d.t_min < 1:
+    _fail("diffusion.t_min", d.t_min, "a number in (0, 1)")
+  if o.lr_schedule not in LR_SCHEDULES:
+    _fail("optim.lr_schedule", o.lr_schedule, f"one of {LR_SCHEDULES}")
+  if not o.lr > 0:
+    _fail("optim.lr", o.lr, "a positive number")
+  if not 0 <= o.ema_decay < 1:
+    _fail("optim.ema_decay", o.ema_decay, "a number in [0, 1)")
+  if t.nan_policy not in NAN_POLICIES:
+    _fail("train.nan_policy", t.nan_policy, f"one of {NAN_POLICIES}")
+  for field in ("batch_size", "num_steps", "log_every"):
+    if not isinstance(t[field], int) or t[field] < 1:
+      _fail(f"train.{field}", t[field], "a positive integer")
+  if not isinstance(o.grad_accum_steps, int) or o.grad_accum_steps < 1:
+    _fail("optim.grad_accum_steps", o.grad_accum_steps, "a positive integer")
+  mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
+  batch_shards = mesh_shape[0] * mesh_shape[1]
+  micro = t.batch_size // o.grad_accum_steps
+  if t.batch_size % o.grad_accum_steps:
+    _fail("train.batch_size", t.batch_size,
+          f"a multiple of optim.grad_accum_steps={o.grad_accum_steps}")
+  if micro % batch_shards:
+    _fail("train.batch_size", t.batch_size,
+          f"a multiple of data×fsdp = {batch_shards} (times optim.grad_accum_steps) "
+          f"for the mesh {dict(zip(('data', 'fsdp', 'tensor'), mesh_shape))}")
+  for section, field in (("eval", "batch_size"), ("sample", "batch_size")):
+    value = config[section][field]
+    if not isinstance(value, int) or value < 1 or value % batch_shards:
+      _fail(f"{section}.{field}", value, f"a positive multiple of data×fsdp = {batch_shards}")
+
+
+def resolve_mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) with at most one -1 filled so the product is the device count."""
+  sizes = [mesh.data, mesh.fsdp, mesh.tensor]
+  names = ("mesh.data", "mesh.fsdp", "mesh.tensor")
+  for name, s in zip(names, sizes):
+    if not isinstance(s, int) or (s < 1 and s != -1):
+      _fail(name, s, "a positive integer or -1 (fill with the remaining devices)")
+  if sizes.count(-1) > 1:
+    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(names, sizes))}")
+  known = 1
+  for s in sizes:
+    known *= s if s != -1 else 1
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"config.mesh {dict(zip(names, sizes))} does not divide the "
+                       f"{num_devices} available devices")
+    sizes[sizes.index(-1)] = num_devices // known
+  if sizes[0] * sizes[1] * sizes[2] != num_devices:
+    raise ValueError(f"config.mesh {dict(zip(names, sizes))} needs "
+                     f"{sizes[0] * sizes[1] * sizes[2]} devices but {num_devices} are available")
+  return tuple(sizes)
+
+
+BASELINES = ("", "mdm", "ar")
+
+
+def apply_variant(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
+  """Applies the shared arguments: ell (ℓ), objective, carry_over and baseline ('mdm' or 'ar')."""
+  if args.baseline not in BASELINES:
+    raise ValueError(f"config argument baseline={args.baseline!r}; expected one of {BASELINES}")
+  c.model.length = args.ell
+  c.diffusion.objective = args.objective
+  c.diffusion.carry_over = args.carry_over
+  if args.baseline == "mdm":
+    c.model.length = 1
+  elif args.baseline == "ar":
+    c.model.length = 1
+    c.model.causal = True
+    c.diffusion.objective = "autoregressive"
+
+
+def paper_image_config(args: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The paper's image set-up: ADM U-Net (ch 96, [3,4,4], 5 blocks, attention at 16×16,
+  dropout 0.4), α = (1-t)^3, AdamW 1e-4 with betas (0.9, 0.95), EMA 0.999, batch 512."""
+  c = base_config()
+  c.data.update(name=name, image_levels=256)
+  c.model.update(type="unet", ch=96, ch_mult=(3, 4, 4), num_res_blocks=5, attn_resolutions=(16,),
+                 head_dim=64, dropout=0.4, dtype="bfloat16", emb_features=32)
+  c.diffusion.update(schedule="polynomial", schedule_power=3.0)
+  c.optim.update(lr=1e-4, b1=0.9, b2=0.95, warmup_steps=2500, ema_decay=0.999)
+  c.train.update(batch_size=512, num_steps=1_000_000, log_every=100, eval_every=10_000,
+                 checkpoint_every=5000, keep_last=3, keep_every=100_000)
+  c.eval.update(batch_size=256, num_batches=0)
+  c.sample.update(num_samples=64, batch_size=64, steps=512, digit_source="marginal")
+  apply_variant(c, args)
+  return c

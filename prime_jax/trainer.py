@@ -1,0 +1,285 @@
+"""The training loop: the side-effecting shell around the pure step in `training`.
+
+`train_and_evaluate(config, workdir)` validates the config, builds data, model, mesh and state,
+resumes from the newest readable checkpoint, trains with periodic logs, held-out evaluation of
+the valid bound, samples and checkpoints, and stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from prime_jax import checkpointing, config_lib, sharding, training, writers
+
+LN2 = math.log(2.0)
+
+
+@dataclasses.dataclass
+class Run:
+  """A config turned into the objects a run needs (no state yet)."""
+
+  config: ml_collections.ConfigDict
+  info: Any
+  task: training.Task
+  mesh: Any
+  rules: tuple
+  state_shardings: Any
+  example_shape: tuple
+
+
+def prepare(config: ml_collections.ConfigDict) -> Run:
+  """Validates the config against the devices and the data before anything is compiled."""
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config, jax.device_count())
+  info = data.dataset_info(config.data)
+  example_shape = tuple(info.example_shape)
+  if config.model.type == "transformer" and info.kind != "text":
+    raise ValueError(f"config.model.type='transformer' but dataset {info.name!r} is "
+                     f"{info.kind}; use model.type='unet'")
+  if config.model.type == "unet" and info.kind != "image":
+    raise ValueError(f"config.model.type='unet' but dataset {info.name!r} is {info.kind}; "
+                     "use model.type='transformer'")
+  task = training.build_task(config, info.vocab_size, example_shape)
+  data.check_compatible(config.data, task.code.vocab_size, example_shape)
+  mesh = sharding.make_mesh(config)
+  rules = sharding.rules(config)
+  with sharding.activate(mesh, rules):
+    abstract = jax.eval_shape(
+        lambda k: training.init_state(task, k, example_shape, boxed=True), jax.random.key(0))
+  state_shardings = sharding.tree_shardings(abstract, mesh, rules)
+  return Run(config, info, task, mesh, rules, state_shardings, example_shape)
+
+
+def init_state(run: Run, seed: int) -> training.TrainState:
+  with sharding.activate(run.mesh, run.rules):
+    return jax.jit(lambda k: training.init_state(run.task, k, run.example_shape),
+                   out_shardings=run.state_shardings)(jax.random.key(seed))
+
+
+def make_train_step(run: Run):
+  """The jitted step with explicit shardings; the old state's buffers are donated."""
+  step = functools.partial(training.train_step, run.task)
+  jitted = jax.jit(step, in_shardings=(run.state_shardings, sharding.batch_sharding(run.mesh)),
+                   out_shardings=(run.state_shardings, sharding.replicated(run.mesh)),
+                   donate_argnums=0)
+
+  def call(state, tokens):
+    with sharding.activate(run.mesh, run.rules):
+      return jitted(state, tokens)
+  return call
+
+
+def make_eval_step(run: Run, num_time_samples: int):
+  """Per-example held-out metrics (nats per token), averaged over K time samples each."""
+  def fn(params, tokens, key):
+    def one(k):
+      return training.losses(run.task, params, tokens, k, train=False)[1]
+    per_sample = jax.lax.map(one, jax.random.split(key, num_time_samples))
+    return jax.tree.map(lambda v: v.mean(0), per_sample)
+  params_sharding = run.state_shardings.params
+  jitted = jax.jit(fn, in_shardings=(params_sharding, sharding.batch_sharding(run.mesh), None),
+                   out_shardings=sharding.batch_sharding(run.mesh))
+
+  def call(params, tokens, key):
+    with sharding.activate(run.mesh, run.rules):
+      return jitted(params, tokens, key)
+  return call
+
+
+def summarize(per_example: dict[str, np.ndarray]) -> dict[str, float]:
+  """Mean and standard error over examples (s.e. = sample std / sqrt(n)), in nats and bits."""
+  out = {}
+  for name, values in per_example.items():
+    values = np.asarray(values, np.float64)
+    mean = float(values.mean())
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    out.update({f"{name}_nats": mean, f"{name}_nats_se": se, f"{name}_bits": mean / LN2,
+                f"{name}_bits_se": se / LN2})
+    if name in ("valid", "nll"):
+      out[f"{name}_perplexity"] = float(np.exp(mean))
+  out["num_examples"] = int(len(next(iter(per_example.values()))))
+  return out
+
+
+def evaluate_split(run: Run, params, *, split: str, batch_size: int, num_batches: int,
+                   num_time_samples: int, seed: int, data_config=None) -> dict[str, float]:
+  """The valid bound (and the joint objective, not a bound) over `num_batches` (0 = all)."""
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  data_config = data_config or run.config.data
+  per_process = batch_size // jax.process_count()
+  loader = data.make_loader(data_config, split, batch_size=per_process, seed=seed, shuffle=False,
+                            num_epochs=1, drop_remainder=True)
+  step = make_eval_step(run, num_time_samples)
+  key = jax.random.key(seed)
+  collected: dict[str, list] = {}
+  for i, batch in enumerate(loader):
+    if num_batches and i >= num_batches:
+      break
+    tokens = sharding.global_batch(batch["tokens"], sharding.batch_sharding(run.mesh))
+    metrics = step(params, tokens, jax.random.fold_in(key, i))
+    for k, v in metrics.items():
+      collected.setdefault(k, []).append(_to_host(v))
+  if not collected:
+    raise ValueError(f"split {split!r} gave no full batch of {batch_size} examples")
+  return summarize({k: np.concatenate(v) for k, v in collected.items()})
+
+
+def _to_host(x) -> np.ndarray:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+class _StopRequest:
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint at the current step and exits."""
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._previous = {}
+
+  def install(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def uninstall(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  path = os.path.join(workdir, "config.json")
+  with open(path, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains to config.train.num_steps (resuming when the workdir has checkpoints)."""
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  run = prepare(config)
+  t = config.train
+  chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if chief:
+    save_config(config, workdir)
+  writer = writers.MetricWriter(workdir, enabled=chief)
+  per_process = t.batch_size // jax.process_count()
+  loader = data.make_loader(config.data, "train", batch_size=per_process, seed=config.seed,
+                            shuffle=True, num_epochs=None)
+  data_iter = iter(loader)
+  manager = checkpointing.make_manager(workdir, config)
+  state = init_state(run, config.seed)
+  restored_step, restored = checkpointing.restore_latest(manager, state, data_iter)
+  if restored is not None:
+    state = restored
+    print(f"[train] resumed from step {restored_step} in {workdir}", flush=True)
+  elif chief:
+    from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+    overview = parameter_overview.get_parameter_overview(state.params, include_stats=False)
+    logging.info("parameters:\n%s", overview)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    print(f"[train] {run.info.name}: C={run.task.code.vocab_size} ℓ={run.task.code.length} "
+          f"b={run.task.code.base} objective={run.task.objective} params={n_params:,} "
+          f"mesh={dict(run.mesh.shape)}", flush=True)
+  train_step = make_train_step(run)
+  batch_sharding = sharding.batch_sharding(run.mesh)
+  tokens_per_step = t.batch_size * int(np.prod(run.example_shape))
+  step = int(state.step)
+  progress = writers.Progress(t.num_steps, tokens_per_step, step)
+  stop = _StopRequest()
+  stop.install()
+  pending = None  # (step, metrics) fetched one step late, so the host never waits on the device
+  last_eval: dict[str, float] = {}
+  try:
+    while step < t.num_steps:
+      batch = next(data_iter)
+      tokens = sharding.global_batch(batch["tokens"], batch_sharding)
+      state, metrics = train_step(state, tokens)
+      step += 1
+      if pending is not None:
+        _check_finite(pending, t, state)
+      pending = (step, metrics)
+      if step % t.log_every == 0 or step == t.num_steps:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars.update(progress.update(step))
+        writer.write_scalars(step, scalars)
+        if chief:
+          print("[train] " + writers.console_line(step, t.num_steps, scalars), flush=True)
+      if t.eval_every and (step % t.eval_every == 0 or step == t.num_steps):
+        last_eval = _held_out(run, state, step, writer, chief)
+      if step % t.checkpoint_every == 0 or step == t.num_steps:
+        checkpointing.save(manager, step, state, data_iter)
+      if stop.signum is not None:
+        _check_finite(pending, t, state)
+        checkpointing.save(manager, step, state, data_iter, force=True)
+        print(f"[train] signal {stop.signum}: saved step {step}; exiting", flush=True)
+        break
+    if pending is not None:
+      _check_finite(pending, t, state)
+  finally:
+    stop.uninstall()
+    manager.wait_until_finished()
+    writer.flush()
+  return {"step": step, "workdir": workdir, "held_out": last_eval,
+          "skipped": int(state.skipped)}
+
+
+def _check_finite(pending, t, state) -> None:
+  step, metrics = pending
+  if float(metrics["finite"]) == 1.0:
+    return
+  bad = {k: float(v) for k, v in jax.device_get(metrics).items() if not np.isfinite(float(v))}
+  bad = bad or {"grad_norm": float(metrics["grad_norm"])}
+  if t.nan_policy == "skip" and int(state.skipped) <= t.max_skipped_steps:
+    print(f"[train] step {step}: non-finite {bad}; update skipped "
+          f"({int(state.skipped)}/{t.max_skipped_steps})", flush=True)
+    return
+  raise NonFiniteError(
+      f"non-finite value at step {step}: {bad}; the update was not applied and no checkpoint "
+      f"of it was written (train.nan_policy={t.nan_policy!r}, skipped so far "
+      f"{int(state.skipped)}, train.max_skipped_steps={t.max_skipped_steps})")
+
+
+def _held_out(run: Run, state, step: int, writer, chief: bool) -> dict[str, float]:
+  e = run.config.eval
+  params = state.ema_params if e.use_ema else state.params
+  result = evaluate_split(run, params, split=e.split, batch_size=e.batch_size,
+                          num_batches=run.config.train.eval_batches,
+                          num_time_samples=e.num_time_samples, seed=run.config.seed + 1)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
+  if chief:
+    main = "valid" if "valid_bits" in result else "nll"
+    unit = _unit(run.info)
+    print(f"[eval] step {step}: held-out {main} {result[f'{main}_bits']:.4f} "
+          f"± {result[f'{main}_bits_se']:.4f} bits/{unit}"
+          + (f" | joint (not a bound) {result['joint_bits']:.4f}" if "joint_bits" in result
+             else ""), flush=True)
+  return result
+
+
+def _unit(info) -> str:
+  if info.kind == "image":
+    return "dim"
+  return {"bytes": "byte", "chars": "char"}.get(info.tokenizer, "token")

@@ -1,0 +1,220 @@
+"""The pure parts of training: model and optimizer from a config, the state, and the train step.
+
+Everything here is a function of explicit arguments, so a notebook can build a model from a
+config, initialise a state and call `train_step` under `jax.jit` without touching a file system.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from prime_jax import forward, objectives, schedules
+from prime_jax.models import PrimeTransformer, PrimeUNet
+from prime_jax.subtokens import PrimeCode
+
+LN2 = math.log(2.0)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue: step, parameters, their EMA, optimizer state, key."""
+
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key data; the key of step s is fold_in(rng, s)
+  skipped: jax.Array  # updates skipped because the loss or gradient was not finite
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What the step functions close over: the code, model, schedule and optimizer of a config."""
+
+  code: PrimeCode
+  model: nn.Module
+  schedule: Any
+  tx: optax.GradientTransformation
+  objective: str
+  carry_over: bool
+  t_min: float
+  antithetic: bool
+  ema_decay: float
+  grad_accum_steps: int
+
+
+def _dtype(name: str):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def build_schedule(config: ml_collections.ConfigDict):
+  d = config.diffusion
+  if d.schedule == "loglinear":
+    return schedules.LogLinear(eps=d.schedule_eps)
+  if d.schedule == "polynomial":
+    return schedules.Polynomial(power=d.schedule_power)
+  return schedules.make_schedule(d.schedule)
+
+
+def build_model(config: ml_collections.ConfigDict, code: PrimeCode,
+                example_shape: tuple[int, ...]) -> nn.Module:
+  """The backbone a config names, for examples of `example_shape` ((L,) text, (H, W, Ch) images)."""
+  m = config.model
+  common = dict(dropout=m.dropout, time_conditioning=m.time_conditioning,
+                per_digit_tables=m.per_digit_tables, combine=m.combine, dtype=_dtype(m.dtype))
+  if m.type == "transformer":
+    if len(example_shape) != 1:
+      raise ValueError(f"config.model.type='transformer' needs sequences, but the data gives "
+                       f"examples of shape {example_shape}; use model.type='unet' for images")
+    return PrimeTransformer(code, d_model=m.d_model, num_layers=m.num_layers,
+                            num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, cond_dim=m.cond_dim,
+                            causal=m.causal, remat=m.remat, scan_layers=m.scan_layers, **common)
+  if len(example_shape) != 3:
+    raise ValueError(f"config.model.type='unet' needs images (H, W, Ch), but the data gives "
+                     f"examples of shape {example_shape}; use model.type='transformer' for text")
+  return PrimeUNet(code, image_channels=example_shape[-1], ch=m.ch, ch_mult=tuple(m.ch_mult),
+                   num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+                   head_dim=m.head_dim, emb_features=m.emb_features or None, **common)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  o, steps = config.optim, config.train.num_steps
+  warmup = min(o.warmup_steps, steps)
+  if o.lr_schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(steps, warmup + 1),
+                                              end_value=0.1 * o.lr)
+  after = (optax.constant_schedule(o.lr) if o.lr_schedule == "constant"
+           else optax.linear_schedule(o.lr, 0.0, max(steps - warmup, 1)))
+  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, max(warmup, 1)), after], [warmup])
+
+
+def _decay_mask(params):
+  """Weight decay on matmul and conv kernels only: not on biases, norms or embedding tables."""
+  def keep(path, leaf):
+    names = "/".join(str(getattr(p, "key", p)) for p in path)
+    return leaf.ndim >= 2 and "embed" not in names
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o = config.optim
+  parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+  parts.append(optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                           weight_decay=o.weight_decay, mask=_decay_mask))
+  return optax.chain(*parts)
+
+
+def build_task(config: ml_collections.ConfigDict, vocab_size: int,
+               example_shape: tuple[int, ...]) -> Task:
+  code = PrimeCode(vocab_size, config.model.length)
+  d = config.diffusion
+  return Task(code=code, model=build_model(config, code, example_shape),
+              schedule=build_schedule(config), tx=build_optimizer(config),
+              objective=d.objective, carry_over=d.carry_over, t_min=d.t_min,
+              antithetic=d.antithetic, ema_decay=config.optim.ema_decay,
+              grad_accum_steps=config.optim.grad_accum_steps)
+
+
+def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
+               boxed: bool = False) -> TrainState:
+  """A fresh state; with `boxed` the parameters keep their logical-axis boxes (for shardings)."""
+  y = jnp.zeros((1,) + tuple(example_shape) + (task.code.length,), jnp.int32)
+  params = task.model.init({"params": key}, y, jnp.ones((1,)), train=False)["params"]
+  if not boxed:
+    params = nn.meta.unbox(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=task.tx.init(params),
+                    rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+                    skipped=jnp.zeros((), jnp.int32))
+
+
+def autoregressive_inputs(code: PrimeCode, tokens) -> jax.Array:
+  """(B, L) -> (B, L, 1): the sequence shifted right behind a mask token, all visible."""
+  start = jnp.full_like(tokens[:, :1], code.mask_value)
+  return jnp.concatenate([start, tokens[:, :-1]], axis=1)[..., None]
+
+
+def losses(task: Task, params, tokens, key: jax.Array, *, train: bool):
+  """(per-example training loss (B,), metrics) on one batch; metrics are per-token means in nats.
+
+  For the diffusion objectives the metrics always include the valid bound and the paper's joint
+  objective on the same noised batch, whichever one is trained.
+  """
+  code = task.code
+  k_t, k_mask, k_drop = jax.random.split(key, 3)
+  rngs = {"dropout": k_drop}
+  axes = tuple(range(1, tokens.ndim))
+  if task.objective == "autoregressive":
+    logits = task.model.apply({"params": params}, autoregressive_inputs(code, tokens), None,
+                              train=train, rngs=rngs)
+    nll = -objectives.token_log_probs(code, logits, tokens)
+    per_example = nll.mean(axes)
+    return per_example, {"nll": per_example}
+  t = schedules.sample_times(k_t, tokens.shape[0], task.t_min, task.antithetic)
+  y = forward.mask_subtokens(k_mask, code, tokens, task.schedule.alpha(t))
+  logits = task.model.apply({"params": params}, y, t, train=train, rngs=rngs)
+  per_token = objectives.loss_per_token(task.objective, code, task.schedule, logits, tokens, y, t,
+                                        task.carry_over)
+  fixed = jax.lax.stop_gradient(logits)
+  metrics = {}
+  for name in ("valid", "joint"):
+    value = per_token if name == task.objective else objectives.loss_per_token(
+        name, code, task.schedule, fixed, tokens, y, t, task.carry_over)
+    metrics[name] = jax.lax.stop_gradient(value).mean(axes)
+  return per_token.mean(axes), metrics
+
+
+def _tree_where(pred, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def train_step(task: Task, state: TrainState, tokens) -> tuple[TrainState, dict]:
+  """One optimizer update on a global batch, averaged over `grad_accum_steps` micro-batches.
+
+  A non-finite loss or gradient leaves the state unchanged (apart from `step` and `skipped`);
+  the host decides whether to stop. Returned metrics are scalars: nats per token, and bits.
+  """
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  accum = task.grad_accum_steps
+  micro = tokens.reshape((accum, tokens.shape[0] // accum) + tokens.shape[1:])
+
+  def micro_step(carry, inputs):
+    grads, sums = carry
+    index, batch = inputs
+    def loss_fn(p):
+      per_example, metrics = losses(task, p, batch, jax.random.fold_in(key, index), train=True)
+      return per_example.mean(), metrics
+    (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    sums = jax.tree.map(lambda s, m: s + m.mean(), sums, {"loss": loss, **metrics})
+    return (jax.tree.map(jnp.add, grads, g), sums), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  metric_names = ("loss", "nll") if task.objective == "autoregressive" else (
+      "loss", "valid", "joint")
+  sums0 = {k: jnp.zeros((), jnp.float32) for k in metric_names}
+  (grads, sums), _ = jax.lax.scan(micro_step, (zeros, sums0), (jnp.arange(accum), micro))
+  grads = jax.tree.map(lambda g: g / accum, grads)
+  metrics = {k: v / accum for k, v in sums.items()}
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # Warm-up of the EMA decay, (1 + s) / (10 + s), so early evaluations are not of the init.
+  step_f = state.step.astype(jnp.float32)
+  decay = jnp.minimum(task.ema_decay, (1.0 + step_f) / (10.0 + step_f))
+  ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+  new = state.replace(params=params, ema_params=ema, opt_state=opt_state)
+  new = _tree_where(finite, new, state)
+  new = new.replace(step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32))
+  metrics = {f"{k}_bits": v / LN2 for k, v in metrics.items()}
+  metrics.update(grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+  return new, metrics
