@@ -19,6 +19,6 @@ def get_config(arg=None):
   c.train.update(batch_size=32, num_steps=args.steps, log_every=25, eval_every=200,
                  eval_batches=4, checkpoint_every=200, sample_every=0)
   c.eval.update(batch_size=32, num_batches=16, num_time_samples=4)
-  c.sample.update(num_samples=4, batch_size=4, steps=128)
+  c.sample.update(num_samples=8, batch_size=8, steps=128)
   config_lib.apply_variant(c, args)
   return c

@@ -40,10 +40,11 @@ class Run:
   example_shape: tuple
 
 
-def prepare(config: ml_collections.ConfigDict) -> Run:
-  """Validates the config against the devices and the data before anything is compiled."""
+def prepare(config: ml_collections.ConfigDict, devices=None) -> Run:
+  """Validates the config against the devices (default: all) and the data, before compiling."""
   from prime_jax import data  # pylint: disable=g-import-not-at-top
-  config_lib.validate(config, jax.device_count())
+  devices = list(devices if devices is not None else jax.devices())
+  config_lib.validate(config, len(devices))
   info = data.dataset_info(config.data)
   example_shape = tuple(info.example_shape)
   if config.model.type == "transformer" and info.kind != "text":
@@ -54,7 +55,7 @@ def prepare(config: ml_collections.ConfigDict) -> Run:
                      "use model.type='transformer'")
   task = training.build_task(config, info.vocab_size, example_shape)
   data.check_compatible(config.data, task.code.vocab_size, example_shape)
-  mesh = sharding.make_mesh(config)
+  mesh = sharding.make_mesh(config, devices)
   rules = sharding.rules(config)
   with sharding.activate(mesh, rules):
     abstract = jax.eval_shape(
@@ -175,8 +176,13 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   return path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains to config.train.num_steps (resuming when the workdir has checkpoints)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       until_step: Optional[int] = None) -> dict[str, Any]:
+  """Trains to config.train.num_steps (resuming when the workdir has checkpoints).
+
+  `until_step` stops early at that step with a checkpoint, as a preemption would, without
+  changing anything that depends on num_steps (the learning-rate schedule, say).
+  """
   from prime_jax import data  # pylint: disable=g-import-not-at-top
   run = prepare(config)
   t = config.train
@@ -213,7 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending = None  # (step, metrics) fetched one step late, so the host never waits on the device
   last_eval: dict[str, float] = {}
   try:
-    while step < t.num_steps:
+    last = t.num_steps if until_step is None else min(until_step, t.num_steps)
+    while step < last:
       batch = next(data_iter)
       tokens = sharding.global_batch(batch["tokens"], batch_sharding)
       state, metrics = train_step(state, tokens)
@@ -229,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           print("[train] " + writers.console_line(step, t.num_steps, scalars), flush=True)
       if t.eval_every and (step % t.eval_every == 0 or step == t.num_steps):
         last_eval = _held_out(run, state, step, writer, chief)
-      if step % t.checkpoint_every == 0 or step == t.num_steps:
+      if step % t.checkpoint_every == 0 or step == last:
         checkpointing.save(manager, step, state, data_iter)
       if stop.signum is not None:
         _check_finite(pending, t, state)

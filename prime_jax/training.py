@@ -204,7 +204,7 @@ def train_step(task: Task, state: TrainState, tokens) -> tuple[TrainState, dict]
   (grads, sums), _ = jax.lax.scan(micro_step, (zeros, sums0), (jnp.arange(accum), micro))
   grads = jax.tree.map(lambda g: g / accum, grads)
   metrics = {k: v / accum for k, v in sums.items()}
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
