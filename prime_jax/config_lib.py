@@ -61,7 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
       data_name=""))
   c.sample = ml_collections.ConfigDict(dict(
       num_samples=8, batch_size=8, steps=0, digit_source="marginal", grid="uniform",
-      top_p=1.0, temperature=1.0, use_ema=True, prefix="", checkpoint_step=-1))
+      top_p=1.0, temperature=1.0, use_ema=True, prefix="", prefix_rows=0, checkpoint_step=-1,
+      draw_dtype="float64", invalid_policy="resample", temperature_schedule=(), corrector=(),
+      time_warp=()))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.distributed = ml_collections.ConfigDict(dict(
@@ -203,6 +205,7 @@ def paper_image_config(args: ml_collections.ConfigDict, name: str) -> ml_collect
   c.train.update(batch_size=512, num_steps=1_000_000, log_every=100, eval_every=10_000,
                  checkpoint_every=5000, keep_last=3, keep_every=100_000)
   c.eval.update(batch_size=256, num_batches=0)
-  c.sample.update(num_samples=64, batch_size=64, steps=512, digit_source="marginal")
+  c.sample.update(num_samples=64, batch_size=64, steps=512, digit_source="marginal",
+                  temperature_schedule=(-0.2, 2.0, 1.0), time_warp=(1.0, 1.7, 0.0))
   apply_variant(c, args)
   return c

@@ -54,8 +54,8 @@ def main(argv) -> None:
   else:
     from prime_jax import runs  # pylint: disable=g-import-not-at-top
     result = runs.sample(config, workdir)
-  print(json.dumps({"mode": _MODE.value, "workdir": os.path.abspath(workdir), **result},
-                   default=str, indent=1))
+  summary = {"mode": _MODE.value, "workdir": os.path.abspath(workdir), **result}
+  print("[result] " + json.dumps(summary, default=str))
 
 
 if __name__ == "__main__":

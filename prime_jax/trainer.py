@@ -236,6 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           print("[train] " + writers.console_line(step, t.num_steps, scalars), flush=True)
       if t.eval_every and (step % t.eval_every == 0 or step == t.num_steps):
         last_eval = _held_out(run, state, step, writer, chief)
+      if t.sample_every and step % t.sample_every == 0 and chief_can_sample(run):
+        _write_training_samples(run, state, step, workdir)
       if step % t.checkpoint_every == 0 or step == last:
         checkpointing.save(manager, step, state, data_iter)
       if stop.signum is not None:
@@ -284,6 +286,22 @@ def _held_out(run: Run, state, step: int, writer, chief: bool) -> dict[str, floa
           + (f" | joint (not a bound) {result['joint_bits']:.4f}" if "joint_bits" in result
              else ""), flush=True)
   return result
+
+
+def chief_can_sample(run: Run) -> bool:
+  return run.task.objective != "autoregressive"
+
+
+def _write_training_samples(run: Run, state, step: int, workdir: str) -> None:
+  """A few samples from the EMA weights: text file or PNG grid under workdir/samples/."""
+  from prime_jax import runs  # pylint: disable=g-import-not-at-top
+  s = run.config.sample
+  sconf = runs.sampler_config(run.config, int(np.prod(run.example_shape)))
+  result = runs.draw(run, state.ema_params, sconf, s.batch_size, s.batch_size,
+                     seed=run.config.seed + step)
+  if jax.process_index() == 0:
+    files = runs.write_samples(run, result, os.path.join(workdir, "samples", f"step_{step}"))
+    print(f"[train] step {step}: samples -> {files.get('text') or files.get('png')}", flush=True)
 
 
 def _unit(info) -> str:
