@@ -68,6 +68,47 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
   return x * (1.0 + scale) + shift
 
 
+def fan_avg_init(num_in_axes: int, ndim: int):
+  """Glorot-uniform initializer for a kernel whose first `num_in_axes` axes are contracted."""
+  return nn.initializers.variance_scaling(
+      1.0, "fan_avg", "uniform", in_axis=tuple(range(num_in_axes)),
+      out_axis=tuple(range(num_in_axes, ndim)))
+
+
+class DenseGeneral(nn.Module):
+  """Contracts the trailing `num_in_axes` axes of x with a kernel of shape (in..., features...).
+
+  Unlike `nn.DenseGeneral`, the kernel is initialised at its full shape, so logical names with
+  one entry per kernel axis stay valid when sharding constraints are active during init.
+  `kernel_axes` names the kernel axes; `bias_axes` (None: no bias) names the feature axes.
+  """
+
+  features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  bias_axes: Optional[tuple[str, ...]] = None
+  num_in_axes: int = 1
+  zero_init: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n_in, features = self.num_in_axes, tuple(self.features)
+    kernel_shape = x.shape[x.ndim - n_in:] + features
+    if len(self.kernel_axes) != len(kernel_shape):
+      raise ValueError(f"kernel_axes {self.kernel_axes} do not match kernel shape {kernel_shape}")
+    init = zeros_init if self.zero_init else fan_avg_init(n_in, len(kernel_shape))
+    kernel = self.param("kernel", logical(init, self.kernel_axes), kernel_shape,
+                        self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if self.bias_axes is not None:
+      bias = self.param("bias", logical(zeros_init, self.bias_axes), features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 class Conditioning(nn.Module):
   """The conditioning vector c (B, cond_dim) that drives adaLN / scale-shift norms.
 
@@ -114,11 +155,10 @@ class Modulation(nn.Module):
 
   @nn.compact
   def __call__(self, c_BC: Array) -> tuple[Array, ...]:
-    out = nn.DenseGeneral(
-        (self.num, self.features), dtype=jnp.float32, param_dtype=self.param_dtype,
-        kernel_init=logical(zeros_init, ("cond", "modulation", self.feature_axis)),
-        bias_init=logical(zeros_init, ("modulation", self.feature_axis)),
-        name="proj")(c_BC)
+    out = DenseGeneral(
+        (self.num, self.features), ("cond", "modulation", self.feature_axis),
+        ("modulation", self.feature_axis), zero_init=True, dtype=jnp.float32,
+        param_dtype=self.param_dtype, name="proj")(c_BC)
     return tuple(out[:, i] for i in range(self.num))
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
-from prime_jax.models.layers import (Conditioning, LayerNorm, Modulation, apply_rotary,
+from prime_jax.models.layers import (Conditioning, DenseGeneral, LayerNorm, Modulation, apply_rotary,
                                      constrain, default_kernel_init, logical, modulate,
                                      zeros_init)
 from prime_jax.subtokens import PrimeCode
@@ -59,18 +59,16 @@ class DiTBlock(nn.Module):
     # Attention.
     h = modulate(LayerNorm(param_dtype=self.param_dtype, name="norm1")(x_BLD), shift1, scale1)
     h = h.astype(self.dtype)
-    qkv_kw = dict(features=(n, h_dim), use_bias=False,
-                  kernel_init=logical(default_kernel_init, ("embed", "heads", "kv")), **dense)
-    q_BLNH = nn.DenseGeneral(name="query", **qkv_kw)(h)
-    k_BLNH = nn.DenseGeneral(name="key", **qkv_kw)(h)
-    v_BLNH = nn.DenseGeneral(name="value", **qkv_kw)(h)
+    qkv_kw = dict(features=(n, h_dim), kernel_axes=("embed", "heads", "kv"), **dense)
+    q_BLNH = DenseGeneral(name="query", **qkv_kw)(h)
+    k_BLNH = DenseGeneral(name="key", **qkv_kw)(h)
+    v_BLNH = DenseGeneral(name="value", **qkv_kw)(h)
     positions_L = jnp.arange(x_BLD.shape[1])
     q_BLNH = apply_rotary(q_BLNH, positions_L)
     k_BLNH = apply_rotary(k_BLNH, positions_L)
     a_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, is_causal=self.causal)
-    a_BLD = nn.DenseGeneral(d, axis=(-2, -1), use_bias=False,
-                            kernel_init=logical(default_kernel_init, ("heads", "kv", "embed")),
-                            name="attn_out", **dense)(a_BLNH)
+    a_BLD = DenseGeneral((d,), ("heads", "kv", "embed"), num_in_axes=2, name="attn_out",
+                         **dense)(a_BLNH)
     a_BLD = nn.Dropout(self.dropout, deterministic=self.deterministic)(a_BLD)
     x_BLD = x_BLD + gate1 * a_BLD.astype(jnp.float32)
     x_BLD = constrain(x_BLD, ACTIVATION_AXES)

@@ -1,0 +1,423 @@
+"""Tests of the Prime backbones: embedding, transformer (DiT) and U-Net. Tiny sizes, CPU."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from prime_jax.models import (LOGICAL_AXES, PARAM_AXES, PrimeEmbedding, PrimeTransformer,
+                              PrimeUNet, apply_rotary, count_params,
+                              transformer_body_matmul_params)
+from prime_jax.subtokens import PrimeCode
+
+TINY_TEXT = dict(d_model=24, num_layers=2, num_heads=2, cond_dim=16)
+TINY_IMAGE = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), head_dim=8,
+                  norm_groups=8)
+
+
+def key(seed: int):
+  """PRNG key of the 'rbg' kind: same statistics here, much faster to compile on CPU."""
+  return jax.random.key(seed, impl="rbg")
+
+
+def random_subtokens(rng, code: PrimeCode, shape, mask_rate=0.3):
+  """Random valid tokens encoded to sub-tokens, with a fraction of digits set to the mask value."""
+  k1, k2 = jax.random.split(rng)
+  y = code.encode(jax.random.randint(k1, shape, 0, code.vocab_size))
+  masked = jax.random.bernoulli(k2, mask_rate, y.shape)
+  return jnp.where(masked, code.mask_value, y).astype(jnp.int32)
+
+
+def perturb(params, seed: int, scale=0.2):
+  """Adds noise to every parameter (drawn with numpy: no compilation), leaving zero init."""
+  rs = np.random.RandomState(seed)
+  return jax.tree.map(
+      lambda x: jnp.asarray(np.asarray(x) + scale * rs.standard_normal(x.shape), x.dtype), params)
+
+
+def is_box(x):
+  return isinstance(x, nn.LogicallyPartitioned)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_apply(model):
+  return jax.jit(model.apply, static_argnames=("train",))
+
+
+def init(model, y, t=None, seed=0):
+  return jax.jit(functools.partial(model.init, train=False))(key(seed), y, t)
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+@pytest.mark.parametrize("per_digit,combine", [(False, "concat"), (True, "concat"), (True, "sum")])
+def test_embedding_param_shapes_and_values_match_manual_lookup(per_digit, combine):
+  code = PrimeCode(27, 3)  # b = 3, mask = 3.
+  features = 12
+  emb = PrimeEmbedding(code, features, per_digit_tables=per_digit, combine=combine)
+  y = random_subtokens(key(0), code, (2, 5))
+  params = emb.init(key(1), y)["params"]
+  table = nn.meta.unbox(params)["embedding"]
+  width = features // 3 if combine == "concat" else features
+  expected_shape = (3, code.base + 1, width) if per_digit else (code.base + 1, width)
+  assert table.shape == expected_shape
+  out = emb.apply({"params": params}, y)
+  assert out.shape == (2, 5, features)
+  y_np, table_np = np.asarray(y), np.asarray(table)
+  pieces = [(table_np[j] if per_digit else table_np)[y_np[..., j]] for j in range(3)]
+  manual = np.concatenate(pieces, -1) if combine == "concat" else sum(pieces)
+  np.testing.assert_allclose(np.asarray(out), manual, rtol=1e-6)
+
+
+def test_embedding_length_one_is_a_plain_token_embedding_with_mask_row():
+  code = PrimeCode(10, 1)
+  emb = PrimeEmbedding(code, 8)
+  tokens = jnp.array([[0, 3, 9, 10]])  # 10 is the mask value.
+  params = emb.init(key(0), tokens[..., None])
+  table = nn.meta.unbox(params)["params"]["embedding"]
+  assert table.shape == (11, 8)
+  plain = nn.Embed(11, 8).apply({"params": {"embedding": table}}, tokens)
+  np.testing.assert_array_equal(emb.apply(params, tokens[..., None]), plain)
+
+
+def test_embedding_mask_row_is_used_exactly_where_digits_are_masked():
+  code = PrimeCode(16, 2)  # b = 4.
+  emb = PrimeEmbedding(code, 8)
+  y = jnp.array([[[1, 2], [4, 3], [4, 4]]])
+  params = nn.meta.unbox(emb.init(key(0), y))
+  out = emb.apply(params, y)
+  table = params["params"]["embedding"]
+  np.testing.assert_array_equal(out[0, 1, :4], table[4])
+  np.testing.assert_array_equal(out[0, 2], jnp.concatenate([table[4], table[4]]))
+  changed = jax.tree.map(lambda x: x, params)
+  changed["params"]["embedding"] = table.at[4].add(1.0)
+  diff = np.abs(np.asarray(emb.apply(changed, y) - out)).reshape(3, 2, 4).max(-1)
+  np.testing.assert_array_equal(diff > 0, [[False, False], [True, False], [True, True]])
+
+
+def test_embedding_bad_configurations_raise():
+  code = PrimeCode(27, 3)
+  with pytest.raises(ValueError, match=r"features=10.*ℓ=3"):
+    PrimeEmbedding(code, 10)
+  with pytest.raises(ValueError, match=r"combine.*\('concat', 'sum'\).*'mean'"):
+    PrimeEmbedding(code, 12, combine="mean")
+  with pytest.raises(ValueError, match="per_digit_tables"):
+    PrimeEmbedding(code, 12, combine="sum")
+  PrimeEmbedding(code, 10, per_digit_tables=True, combine="sum")  # Sum needs no divisibility.
+
+
+def test_embedding_rejects_wrong_digit_axis():
+  emb = PrimeEmbedding(PrimeCode(16, 2), 8)
+  with pytest.raises(ValueError, match="ℓ=2"):
+    emb.init(key(0), jnp.zeros((2, 3, 3), jnp.int32))
+
+
+# --------------------------------------------------------------------------- transformer
+
+
+@pytest.mark.parametrize("ell", [1, 2, 3])
+def test_transformer_output_shape(ell):
+  code = PrimeCode(27, ell)
+  model = PrimeTransformer(code, **TINY_TEXT)
+  y = random_subtokens(key(0), code, (2, 7))
+  variables = init(model, y)
+  assert nn.meta.unbox(variables)["params"]["embed"]["embedding"].shape[0] == code.base + 1
+  logits = jitted_apply(model)(perturb(variables, 1), y, train=False)
+  assert logits.shape == (2, 7, 27) and logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_transformer_zero_head_gives_zero_logits_at_init():
+  code = PrimeCode(27, 3)
+  model = PrimeTransformer(code, **TINY_TEXT)
+  y = random_subtokens(key(0), code, (2, 7))
+  logits = jitted_apply(model)(init(model, y), y, train=False)
+  np.testing.assert_array_equal(np.asarray(logits), 0.0)
+
+
+def test_transformer_blocks_are_identity_at_init_adaln_zero():
+  """Zero-initialised gates make every block the identity: only adaLN params can change that."""
+  code = PrimeCode(27, 3)
+  model = PrimeTransformer(code, **TINY_TEXT)
+  y = random_subtokens(key(0), code, (2, 7))
+  params = nn.meta.unbox(init(model, y))["params"]
+  params["head"] = perturb(params["head"], 1)
+  params["final_adaln"] = perturb(params["final_adaln"], 2)
+  apply = jitted_apply(model)
+  base = apply({"params": params}, y, train=False)
+  assert np.abs(np.asarray(base)).max() > 1e-3
+  moved = dict(params)
+  for i in range(2):
+    block = dict(params[f"block_{i}"])
+    for name in block:
+      if name != "adaln":
+        block[name] = perturb(block[name], 10 + i)
+    moved[f"block_{i}"] = block
+  np.testing.assert_allclose(apply({"params": moved}, y, train=False), base, atol=1e-6)
+  moved["block_0"] = dict(moved["block_0"], adaln=perturb(params["block_0"]["adaln"], 20))
+  assert np.abs(np.asarray(apply({"params": moved}, y, train=False) - base)).max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_switch(causal):
+  code = PrimeCode(27, 2)
+  model = PrimeTransformer(code, causal=causal, **TINY_TEXT)
+  y = random_subtokens(key(0), code, (1, 6), mask_rate=0.0)
+  variables = perturb(init(model, y), 1)
+  k = 3
+  y2 = y.at[0, k].set((y[0, k] + 1) % code.base)
+  apply = jitted_apply(model)
+  diff = np.abs(np.asarray(apply(variables, y2, train=False) - apply(variables, y, train=False)))
+  per_position = diff.max(-1)[0]
+  assert (per_position[k:] > 1e-4).all()
+  if causal:
+    np.testing.assert_allclose(per_position[:k], 0.0, atol=1e-6)
+  else:
+    assert (per_position[:k] > 1e-4).all()
+
+
+def test_time_conditioning_changes_outputs_only_when_enabled():
+  code = PrimeCode(27, 3)
+  y = random_subtokens(key(0), code, (2, 5))
+  t_a, t_b = jnp.array([0.1, 0.2]), jnp.array([0.8, 0.9])
+  for enabled in (False, True):
+    model = PrimeTransformer(code, time_conditioning=enabled, **TINY_TEXT)
+    variables = perturb(init(model, y, t_a), 1)
+    apply = jitted_apply(model)
+    diff = np.abs(np.asarray(apply(variables, y, t_a, train=False)
+                             - apply(variables, y, t_b, train=False))).max()
+    if enabled:
+      assert diff > 1e-4
+      with pytest.raises(ValueError, match="time"):
+        model.apply(variables, y, None, train=False)
+    else:
+      assert diff == 0.0
+      np.testing.assert_array_equal(apply(variables, y, None, train=False),
+                                    apply(variables, y, t_a, train=False))
+
+
+def test_dropout_only_in_training():
+  code = PrimeCode(27, 3)
+  model = PrimeTransformer(code, dropout=0.3, **TINY_TEXT)
+  y = random_subtokens(key(0), code, (2, 5))
+  variables = perturb(init(model, y), 1)
+  apply = jitted_apply(model)
+  eval_a = apply(variables, y, train=False, rngs={"dropout": key(2)})
+  eval_b = apply(variables, y, train=False)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = apply(variables, y, train=True, rngs={"dropout": key(2)})
+  train_b = apply(variables, y, train=True, rngs={"dropout": key(3)})
+  assert np.abs(np.asarray(train_a - eval_a)).max() > 1e-4
+  assert np.abs(np.asarray(train_a - train_b)).max() > 1e-4
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+  kq, kk = jax.random.split(key(0))
+  q = jax.random.normal(kq, (1, 1, 1, 16))
+  k = jax.random.normal(kk, (1, 1, 1, 16))
+
+  def score(m, n):
+    return float(jnp.sum(apply_rotary(q, jnp.array([m])) * apply_rotary(k, jnp.array([n]))))
+
+  for m, n in [(0, 0), (3, 1), (2, 7), (10, 4)]:
+    for shift in (1, 5, 100):
+      assert score(m, n) == pytest.approx(score(m + shift, n + shift), abs=1e-4)
+  # The score does depend on the offset, and position 0 is the identity.
+  assert abs(score(3, 1) - score(1, 3)) > 1e-3
+  np.testing.assert_allclose(apply_rotary(q, jnp.array([0])), q, rtol=1e-6)
+  np.testing.assert_allclose(jnp.linalg.norm(apply_rotary(q, jnp.array([9]))),
+                             jnp.linalg.norm(q), rtol=1e-5)
+
+
+def test_transformer_bad_construction_raises():
+  code = PrimeCode(27, 3)
+  with pytest.raises(ValueError, match=r"d_model=30.*num_heads=4"):
+    PrimeTransformer(code, d_model=30, num_layers=1, num_heads=4)
+  with pytest.raises(ValueError, match=r"head dimension.*even"):
+    PrimeTransformer(code, d_model=30, num_layers=1, num_heads=2)  # Head dim 15.
+  with pytest.raises(ValueError, match=r"d_model=20.*ℓ=3"):
+    PrimeTransformer(code, d_model=20, num_layers=1, num_heads=2)
+  with pytest.raises(ValueError, match="combine"):
+    PrimeTransformer(code, d_model=24, num_layers=1, num_heads=2, combine="max")
+  with pytest.raises(ValueError, match="num_layers"):
+    PrimeTransformer(code, d_model=24, num_layers=0, num_heads=2)
+  model = PrimeTransformer(code, **TINY_TEXT)
+  with pytest.raises(ValueError, match="ℓ=3"):
+    model.init(key(0), jnp.zeros((2, 5, 2), jnp.int32), train=False)
+
+
+def _check_boxed(variables):
+  """Every parameter is logically boxed, with one distinct known name per array axis."""
+  leaves = jax.tree.leaves(variables["params"], is_leaf=is_box)
+  assert leaves
+  for leaf in leaves:
+    assert is_box(leaf), f"unboxed parameter of shape {getattr(leaf, 'shape', None)}"
+    names = leaf.names
+    assert len(names) == leaf.value.ndim
+    assert all(name in PARAM_AXES for name in names), names
+    assert len(set(names)) == len(names), names
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(time_conditioning=True, per_digit_tables=True, combine="sum"),
+    dict(scan_layers=True, remat=True)])
+def test_transformer_params_have_logical_axis_names(options):
+  code = PrimeCode(27, 3)
+  model = PrimeTransformer(code, **TINY_TEXT, **options)
+  y = random_subtokens(key(0), code, (2, 4))
+  variables = jax.eval_shape(lambda: model.init(key(0), y, jnp.ones(2), train=False))
+  _check_boxed(variables)
+  assert set(PARAM_AXES) <= set(LOGICAL_AXES)
+
+
+def test_scan_and_remat_match_the_plain_loop():
+  code = PrimeCode(27, 3)
+  y = random_subtokens(key(0), code, (2, 5))
+  plain = PrimeTransformer(code, **TINY_TEXT)
+  params = nn.meta.unbox(perturb(init(plain, y), 1))["params"]
+  scanned_params = {k: v for k, v in params.items() if not k.startswith("block_")}
+  scanned_params["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), params["block_0"],
+                                          params["block_1"])
+  ref = jitted_apply(plain)({"params": params}, y, train=False)
+  scanned = PrimeTransformer(code, scan_layers=True, remat=True, **TINY_TEXT)
+  np.testing.assert_allclose(jitted_apply(scanned)({"params": scanned_params}, y, train=False),
+                             ref, rtol=1e-5, atol=1e-5)
+
+  def loss(model, p):
+    return jnp.sum(model.apply({"params": p}, y, train=False) ** 2)
+
+  rematted = PrimeTransformer(code, remat=True, **TINY_TEXT)
+  g_plain = jax.jit(jax.grad(functools.partial(loss, plain)))(params)
+  g_remat = jax.jit(jax.grad(functools.partial(loss, rematted)))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               g_plain, g_remat)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_transformer_gradients_are_finite(dtype):
+  code = PrimeCode(27, 3)
+  model = PrimeTransformer(code, dtype=dtype, time_conditioning=True, **TINY_TEXT)
+  y = random_subtokens(key(0), code, (2, 5))
+  t = jnp.array([0.3, 0.7])
+  x0 = jax.random.randint(key(3), (2, 5), 0, 27)
+  variables = init(model, y, t)
+
+  @jax.jit
+  def loss_and_grad(params):
+    def loss(p):
+      logits = model.apply({"params": p}, y, t, train=True, rngs={"dropout": key(2)})
+      assert logits.dtype == jnp.float32
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), x0[..., None], -1))
+    return jax.value_and_grad(loss)(params)
+
+  value, grads = loss_and_grad(variables["params"])
+  assert np.isfinite(float(value))
+  flat = jax.tree.leaves(nn.meta.unbox(grads))
+  assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in flat)
+  # The zero-initialised head still learns at init (its gradient is nonzero).
+  assert np.abs(np.asarray(nn.meta.unbox(grads)["head"]["kernel"])).max() > 0
+
+
+def test_logical_constraints_are_noops_without_mesh_and_work_with_rules():
+  code = PrimeCode(26, 3)  # b + 1 = 4 table rows and C = 26: both split evenly in two.
+  model = PrimeTransformer(code, d_model=24, num_layers=1, num_heads=2, cond_dim=16)
+  y = random_subtokens(key(0), code, (4, 8))
+  variables = perturb(init(model, y), 1)
+  eager = model.apply(variables, y, train=False)  # No jit, no mesh: constraints do nothing.
+  np.testing.assert_allclose(jitted_apply(model)(variables, y, train=False), eager, atol=1e-5)
+
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),
+           ("heads", "tensor"), ("vocab", "tensor"))
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, rules)
+  sharded = jax.device_put(nn.meta.unbox(variables), shardings)
+  assert sharded["params"]["block_0"]["mlp_in"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    logits = jax.jit(model.apply, static_argnames=("train",))(sharded, y, train=False)
+    # Initialising under the mesh applies every parameter's constraint: names must fit shapes.
+    fresh = jax.jit(functools.partial(model.init, train=False), out_shardings=shardings)(
+        key(0), y)
+  assert logits.sharding.spec == P(("data", "fsdp"), None, "tensor")  # The constraint held.
+  np.testing.assert_allclose(logits, eager, atol=1e-5)
+  assert nn.meta.unbox(fresh)["params"]["head"]["kernel"].sharding.spec == P("fsdp", "tensor")
+
+
+def test_param_counters():
+  code = PrimeCode(27, 3)
+  model = PrimeTransformer(code, **TINY_TEXT)
+  y = random_subtokens(key(0), code, (1, 3))
+  params = nn.meta.unbox(init(model, y))["params"]
+  assert count_params(params) == sum(np.size(x) for x in jax.tree.leaves(params))
+  body = sum(params[f"block_{i}"][name]["kernel"].size for i in range(2)
+             for name in ("query", "key", "value", "attn_out", "mlp_in", "mlp_out"))
+  assert model.body_matmul_params() == body == transformer_body_matmul_params(24, 2, 4)
+  assert transformer_body_matmul_params(768, 12) == 12 * 12 * 768**2
+
+
+# --------------------------------------------------------------------------- U-Net
+
+
+@pytest.mark.parametrize("ell", [1, 2, 3])
+def test_unet_output_shape(ell):
+  code = PrimeCode(16, ell)
+  model = PrimeUNet(code, **TINY_IMAGE)
+  y = random_subtokens(key(0), code, (2, 8, 8, 3))
+  variables = init(model, y)
+  zero = jitted_apply(model)(variables, y, train=False)
+  assert zero.shape == (2, 8, 8, 3, 16) and zero.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(zero), 0.0)  # Zero-initialised output conv.
+  variables = perturb(variables, 1)
+  logits = jitted_apply(model)(variables, y, train=False)
+  assert np.isfinite(np.asarray(logits)).all() and np.abs(np.asarray(logits)).max() > 0
+  # Without time conditioning t is ignored.
+  np.testing.assert_array_equal(jitted_apply(model)(variables, y, jnp.array([0.1, 0.9]),
+                                                    train=False), logits)
+  assert "down_1_attn_0" in variables["params"] and "down_0_attn_0" not in variables["params"]
+
+
+def test_unet_dropout_time_conditioning_names_and_gradients():
+  code = PrimeCode(16, 2)
+  model = PrimeUNet(code, time_conditioning=True, dropout=0.4, **TINY_IMAGE)
+  y = random_subtokens(key(0), code, (2, 8, 8, 3))
+  t_a, t_b = jnp.array([0.1, 0.2]), jnp.array([0.8, 0.9])
+  variables = init(model, y, t_a)
+  _check_boxed(variables)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(
+      (("embed", "fsdp"), ("heads", "tensor"), ("conv_out", "tensor"))):
+    jax.eval_shape(lambda: model.init(key(0), y, t_a, train=False))
+  variables = perturb(variables, 1)
+  apply = jitted_apply(model)
+  eval_a = apply(variables, y, t_a, train=False)
+  assert np.abs(np.asarray(apply(variables, y, t_b, train=False) - eval_a)).max() > 1e-4
+  train_a = apply(variables, y, t_a, train=True, rngs={"dropout": key(2)})
+  train_b = apply(variables, y, t_a, train=True, rngs={"dropout": key(3)})
+  assert np.abs(np.asarray(train_a - eval_a)).max() > 1e-4
+  assert np.abs(np.asarray(train_a - train_b)).max() > 1e-4
+
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(
+      model.apply({"params": p}, y, t_a, train=True, rngs={"dropout": key(2)}) ** 2)
+  ))(variables["params"])
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_unet_bad_values_raise():
+  code = PrimeCode(16, 2)
+  with pytest.raises(ValueError, match=r"ch\*ch_mult.*norm_groups=32"):
+    PrimeUNet(code, ch=16, ch_mult=(1, 2))
+  with pytest.raises(ValueError, match="head_dim=12"):
+    PrimeUNet(code, **dict(TINY_IMAGE, head_dim=12))
+  with pytest.raises(ValueError, match=r"emb_features=5.*ℓ=2"):
+    PrimeUNet(code, emb_features=5, **TINY_IMAGE)
+  model = PrimeUNet(code, **TINY_IMAGE)
+  with pytest.raises(ValueError, match=r"H=7.*W=8.*2\*\*\(len\(ch_mult\)-1\) = 2"):
+    model.init(key(0), jnp.zeros((1, 7, 8, 3, 2), jnp.int32), train=False)
+  with pytest.raises(ValueError, match="image_channels=3"):
+    model.init(key(0), jnp.zeros((1, 8, 8, 1, 2), jnp.int32), train=False)
