@@ -131,7 +131,9 @@ def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
   params = task.model.init({"params": key}, y, jnp.ones((1,)), train=False)["params"]
   if not boxed:
     params = nn.meta.unbox(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+  # A copy, so that donating the state never donates one buffer twice.
+  ema_params = jax.tree.map(jnp.copy, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
                     opt_state=task.tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(key, 1)),
                     skipped=jnp.zeros((), jnp.int32))
