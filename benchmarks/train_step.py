@@ -1,0 +1,133 @@
+"""Train-step time, tokens/s and achieved FLOP/s as a fraction of this machine's matmul FLOP/s.
+
+FLOPs per step = 6·N_body·B·L + 12·layers·L²·D·B + 6·D·C·B·L (N_body = per-token matmul
+weights of the blocks). Shapes (float32, AdamW, no dropout):
+  bytes: C = 256, ℓ = 2, D = 256, 4 blocks, 4 heads, L = 256, B = 8        (target <= 300 ms)
+  gpt2:  C = 50257, ℓ = 2, D = 256, 4 blocks, 4 heads, L = 128, B = 4,
+         with and without carry-over                                       (target <= 450 ms)
+Also the 8-virtual-device vs 1-device step time (run with --devices 8), and on a GPU the MFU
+of the OpenWebText-small shape in bf16 (--owt).
+  python3 -m benchmarks.train_step [--devices 8] [--owt]
+"""
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+
+def _parse():
+  p = argparse.ArgumentParser()
+  p.add_argument("--devices", type=int, default=1, help="virtual CPU devices for the ratio")
+  p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--owt", action="store_true", help="OpenWebText-small shape in bf16 (GPU)")
+  p.add_argument("--peak_tflops", type=float, default=0.0,
+                 help="device peak for MFU (default: 989 for an H100 in bf16 when on GPU)")
+  return p.parse_args()
+
+
+ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.devices > 1:
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ARGS.devices}"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from prime_jax import config_lib, sharding, training  # noqa: E402
+from prime_jax.models import transformer_body_matmul_params  # noqa: E402
+
+
+def matmul_flops_per_sec(n: int = 1024, repeats: int = 20) -> float:
+  """Dense float32 matmul throughput of the default device, measured now."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = f(a)
+  jax.block_until_ready(out)
+  return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def step_flops(vocab: int, d: int, layers: int, seq: int, batch: int) -> float:
+  n_body = transformer_body_matmul_params(d, layers)
+  return 6 * n_body * batch * seq + 12 * layers * seq**2 * d * batch + 6 * d * vocab * batch * seq
+
+
+def _config(vocab_len, d, layers, heads, seq, batch, carry_over, dtype="float32"):
+  c = config_lib.base_config()
+  c.model.update(length=vocab_len, d_model=d, num_layers=layers, num_heads=heads, dropout=0.0,
+                 dtype=dtype)
+  c.diffusion.carry_over = carry_over
+  c.train.batch_size = batch
+  c.data.seq_len = seq
+  return c
+
+
+def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, batch: int,
+              carry_over: bool, repeats: int, devices=None, dtype="float32") -> float:
+  """Median seconds of one jitted train step (state donated), batch sharded over `devices`."""
+  c = _config(ell, d, layers, heads, seq, batch, carry_over, dtype)
+  devices = devices or jax.devices()[:1]
+  c.mesh.update(data=len(devices), fsdp=1, tensor=1)
+  task = training.build_task(c, vocab, (seq,))
+  mesh = sharding.make_mesh(c, devices)
+  rules = sharding.rules(c)
+  with sharding.activate(mesh, rules):
+    abstract = jax.eval_shape(lambda k: training.init_state(task, k, (seq,), boxed=True),
+                              jax.random.key(0))
+    shard = sharding.tree_shardings(abstract, mesh, rules)
+    state = jax.jit(lambda k: training.init_state(task, k, (seq,)),
+                    out_shardings=shard)(jax.random.key(0))
+    step = jax.jit(functools.partial(training.train_step, task),
+                   in_shardings=(shard, sharding.batch_sharding(mesh)),
+                   out_shardings=(shard, None), donate_argnums=0)
+    tokens = sharding.global_batch(
+        np.random.default_rng(0).integers(0, vocab, (batch, seq)).astype(np.int32),
+        sharding.batch_sharding(mesh))
+    state, m = step(state, tokens)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      state, m = step(state, tokens)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main():
+  args = ARGS
+  peak = matmul_flops_per_sec()
+  print(f"device {jax.devices()[0].platform} x{jax.device_count()}; measured dense float32 "
+        f"matmul: {peak / 1e9:.1f} GFLOP/s")
+  shapes = [("bytes", 256, True, 256, 8, 0.300), ("gpt2 no carry-over", 50257, False, 128, 4, None),
+            ("gpt2 carry-over", 50257, True, 128, 4, 0.450)]
+  results = {}
+  for name, vocab, carry, seq, batch, target in shapes:
+    sec = time_step(vocab, 2, 256, 4, 4, seq, batch, carry, args.repeats)
+    flops = step_flops(vocab, 256, 4, seq, batch)
+    results[name] = sec
+    goal = f" (target <= {target * 1e3:.0f} ms)" if target else ""
+    print(f"{name:>20}: {sec * 1e3:7.1f} ms/step{goal}, {batch * seq / sec:8.0f} tokens/s, "
+          f"{flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peak:5.1%} of matmul peak")
+  extra = results["gpt2 carry-over"] / results["gpt2 no carry-over"] - 1
+  print(f"carry-over costs {extra:+.1%} of the GPT-2-vocabulary step (target < 10%)")
+  if jax.device_count() > 1:
+    one = results["bytes"]
+    many = time_step(256, 2, 256, 4, 4, 256, 8, True, args.repeats, devices=jax.devices())
+    print(f"bytes step on {jax.device_count()} devices: {many * 1e3:.1f} ms vs 1 device "
+          f"{one * 1e3:.1f} ms (ratio {many / one:.2f})")
+  if args.owt:
+    peak_tflops = args.peak_tflops or 989.0
+    seq, batch = 1024, 8
+    sec = time_step(50257, 2, 768, 12, 12, seq, batch, True, args.repeats, dtype="bfloat16")
+    flops = step_flops(50257, 768, 12, seq, batch)
+    print(f"OpenWebText-small bf16, B={batch}: {sec * 1e3:.1f} ms/step, "
+          f"MFU {flops / sec / (peak_tflops * 1e12):.1%} of {peak_tflops:.0f} TFLOP/s")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
