@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from prime_jax.models import (LOGICAL_AXES, PARAM_AXES, PrimeEmbedding, PrimeTransformer,
+from prime_jax.models import (ACTIVATION_AXES, LOGICAL_AXES, PARAM_AXES, PrimeEmbedding, PrimeTransformer,
                               PrimeUNet, apply_rotary, count_params,
                               transformer_body_matmul_params)
 from prime_jax.subtokens import PrimeCode
@@ -251,6 +251,41 @@ def test_transformer_bad_construction_raises():
     model.init(key(0), jnp.zeros((2, 5, 2), jnp.int32), train=False)
 
 
+def test_attention_impls_agree_and_bad_impl_raises():
+  code = PrimeCode(27, 3)
+  y = random_subtokens(key(0), code, (2, 5))
+  auto = PrimeTransformer(code, causal=True, **TINY_TEXT)
+  variables = perturb(init(auto, y), 1)
+  xla = PrimeTransformer(code, causal=True, attention_impl="xla", **TINY_TEXT)
+  np.testing.assert_allclose(jitted_apply(xla)(variables, y, train=False),
+                             jitted_apply(auto)(variables, y, train=False), atol=1e-6)
+  with pytest.raises(ValueError, match=r"attention_impl.*'auto', 'xla', 'cudnn'.*'flash'"):
+    PrimeTransformer(code, attention_impl="flash", **TINY_TEXT)
+  with pytest.raises(ValueError, match="attention_impl"):
+    PrimeUNet(code, attention_impl="flash", **TINY_IMAGE)
+
+
+def test_axis_registry_covers_the_activation_constraints(monkeypatch):
+  """Every name used in an activation constraint is documented (checked by tracing one)."""
+  used = []
+  real = nn.with_logical_constraint
+
+  def spy(x, names, *args, **kwargs):
+    used.extend(n for n in names if n is not None)
+    return real(x, names, *args, **kwargs)
+
+  code = PrimeCode(16, 2)
+  y_text = random_subtokens(key(0), code, (1, 3))
+  y_image = random_subtokens(key(0), code, (1, 4, 4, 3))
+  monkeypatch.setattr(nn, "with_logical_constraint", spy)
+  text = PrimeTransformer(code, **TINY_TEXT)
+  jax.eval_shape(lambda: text.init(key(0), y_text, train=False))
+  image = PrimeUNet(code, **TINY_IMAGE)
+  jax.eval_shape(lambda: image.init(key(0), y_image, train=False))
+  assert {"batch", "length", "embed", "height", "channels"} <= set(used)
+  assert set(used) <= set(ACTIVATION_AXES) and set(ACTIVATION_AXES) <= set(LOGICAL_AXES)
+
+
 def _check_boxed(variables):
   """Every parameter is logically boxed, with one distinct known name per array axis."""
   leaves = jax.tree.leaves(variables["params"], is_leaf=is_box)
@@ -272,7 +307,6 @@ def test_transformer_params_have_logical_axis_names(options):
   y = random_subtokens(key(0), code, (2, 4))
   variables = jax.eval_shape(lambda: model.init(key(0), y, jnp.ones(2), train=False))
   _check_boxed(variables)
-  assert set(PARAM_AXES) <= set(LOGICAL_AXES)
 
 
 def test_scan_and_remat_match_the_plain_loop():
@@ -323,7 +357,7 @@ def test_transformer_gradients_are_finite(dtype):
   assert np.abs(np.asarray(nn.meta.unbox(grads)["head"]["kernel"])).max() > 0
 
 
-def test_logical_constraints_are_noops_without_mesh_and_work_with_rules():
+def test_logical_constraints_are_noops_without_mesh_and_work_with_rules(capfd):
   code = PrimeCode(26, 3)  # b + 1 = 4 table rows and C = 26: both split evenly in two.
   model = PrimeTransformer(code, d_model=24, num_layers=1, num_heads=2, cond_dim=16)
   y = random_subtokens(key(0), code, (4, 8))
@@ -344,6 +378,8 @@ def test_logical_constraints_are_noops_without_mesh_and_work_with_rules():
     fresh = jax.jit(functools.partial(model.init, train=False), out_shardings=shardings)(
         key(0), y)
   assert logits.sharding.spec == P(("data", "fsdp"), None, "tensor")  # The constraint held.
+  # No activation had to be replicated to move between shardings (the partitioner warns if so).
+  assert "Involuntary full rematerialization" not in capfd.readouterr().err
   np.testing.assert_allclose(logits, eager, atol=1e-5)
   assert nn.meta.unbox(fresh)["params"]["head"]["kernel"].sharding.spec == P("fsdp", "tensor")
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prime_jax.models.layers import logical
+from prime_jax.models.layers import constrain, logical
 from prime_jax.subtokens import PrimeCode
 
 COMBINE_MODES = ("concat", "sum")
@@ -72,11 +72,15 @@ class PrimeEmbedding(nn.Module):
     if self.per_digit_tables:
       table_lVF = self.param("embedding", logical(self.embedding_init, ("digit", "vocab", "embed")),
                              (ell, rows, width), self.param_dtype)
+      # Gather the feature axis before the lookup (FSDP-style): a lookup into a feature-sharded
+      # table would give feature-sharded rows that the partitioner cannot re-shard by batch.
+      table_lVF = constrain(table_lVF, (None, "vocab", None))
       digit_l = jnp.arange(ell)
       emb_lF = table_lVF[digit_l, y]  # (..., ℓ, F): digit j looks up its own table.
     else:
       table_VF = self.param("embedding", logical(self.embedding_init, ("vocab", "embed")),
                             (rows, width), self.param_dtype)
+      table_VF = constrain(table_VF, ("vocab", None))  # As above.
       emb_lF = jnp.take(table_VF, y, axis=0)
     if self.combine == "concat":
       out = emb_lF.reshape(y.shape[:-1] + (ell * width,))

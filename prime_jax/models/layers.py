@@ -51,6 +51,35 @@ def apply_rotary(x_BLNH: Array, positions_L: Array, *, max_wavelength: float = 1
   return out.astype(x_BLNH.dtype)
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def check_attention_impl(impl: str, owner: str) -> None:
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"{owner}: attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+
+
+def dot_product_attention(q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, *, causal: bool = False,
+                          impl: str = "auto") -> Array:
+  """`jax.nn.dot_product_attention`, choosing the fused cuDNN kernel where it applies.
+
+  jax's own default is the XLA implementation everywhere. 'auto' asks for cuDNN on a GPU with
+  half-precision inputs and head size <= 128 (a multiple of 8), and uses XLA otherwise or when
+  cuDNN refuses at trace time; 'xla' and 'cudnn' force one implementation.
+  """
+  kw = dict(is_causal=causal)
+  if impl == "auto":
+    head_dim = q_BLNH.shape[-1]
+    if (jax.default_backend() == "gpu" and q_BLNH.dtype in (jnp.bfloat16, jnp.float16)
+        and head_dim <= 128 and head_dim % 8 == 0):
+      try:
+        return jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, implementation="cudnn", **kw)
+      except (RuntimeError, NotImplementedError, ValueError):
+        pass
+    impl = "xla"
+  return jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, implementation=impl, **kw)
+
+
 def timestep_embedding(t_B: Array, dim: int, *, max_period: float = 10_000.0,
                        scale: float = 1000.0) -> Array:
   """Sinusoidal features of continuous time t in [0, 1] (scaled by `scale`): (B,) -> (B, dim)."""

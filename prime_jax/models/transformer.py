@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
-from prime_jax.models.layers import (Conditioning, DenseGeneral, LayerNorm, Modulation, apply_rotary,
-                                     constrain, default_kernel_init, logical, modulate,
-                                     zeros_init)
+from prime_jax.models.layers import (Conditioning, DenseGeneral, LayerNorm, Modulation,
+                                     apply_rotary, check_attention_impl, constrain,
+                                     default_kernel_init, dot_product_attention, logical,
+                                     modulate, zeros_init)
 from prime_jax.subtokens import PrimeCode
 
 Dtype = Any
@@ -36,13 +37,14 @@ def transformer_body_matmul_params(d_model: int, num_layers: int, mlp_ratio: int
 
 
 class DiTBlock(nn.Module):
-  """One pre-LN block: x += g1·Attn(mod(LN(x))); x += g2·MLP(mod(LN(x))), (shift, scale, g) from c."""
+  """Pre-LN block: x += g1·Attn(mod1(LN(x))); x += g2·MLP(mod2(LN(x))); shifts, scales, g from c."""
 
   d_model: int
   num_heads: int
   mlp_ratio: int = 4
   dropout: float = 0.1
   causal: bool = False
+  attention_impl: str = "auto"
   deterministic: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -66,7 +68,8 @@ class DiTBlock(nn.Module):
     positions_L = jnp.arange(x_BLD.shape[1])
     q_BLNH = apply_rotary(q_BLNH, positions_L)
     k_BLNH = apply_rotary(k_BLNH, positions_L)
-    a_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, is_causal=self.causal)
+    a_BLNH = dot_product_attention(q_BLNH, k_BLNH, v_BLNH, causal=self.causal,
+                                   impl=self.attention_impl)
     a_BLD = DenseGeneral((d,), ("heads", "kv", "embed"), num_in_axes=2, name="attn_out",
                          **dense)(a_BLNH)
     a_BLD = nn.Dropout(self.dropout, deterministic=self.deterministic)(a_BLD)
@@ -92,7 +95,9 @@ class PrimeTransformer(nn.Module):
 
   Without `time_conditioning` the adaLN conditioning is a learned constant and `t_B` is ignored
   (the paper's setting). `remat` rematerialises each block; `scan_layers` stacks the blocks'
-  parameters on a leading 'layers' axis and runs them with `nn.scan`.
+  parameters on a leading 'layers' axis and runs them with `nn.scan`. `attention_impl`:
+  'auto' (fused cuDNN attention on GPUs with bfloat16/float16 `dtype`, XLA elsewhere), 'xla'
+  or 'cudnn'.
   """
 
   code: PrimeCode
@@ -111,6 +116,7 @@ class PrimeTransformer(nn.Module):
   logits_dtype: Dtype = jnp.float32
   remat: bool = False
   scan_layers: bool = False
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     name = type(self).__name__
@@ -129,6 +135,7 @@ class PrimeTransformer(nn.Module):
       raise ValueError(f"{name}: dropout must be in [0, 1), got {self.dropout!r}")
     check_embedding_config(self.code, self.d_model, self.per_digit_tables, self.combine,
                            owner=name, features_field="d_model")
+    check_attention_impl(self.attention_impl, name)
     super().__post_init__()
 
   def body_matmul_params(self) -> int:
@@ -151,7 +158,8 @@ class PrimeTransformer(nn.Module):
                         name="cond")(t_B, batch)
 
     block_kw = dict(d_model=self.d_model, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                    dropout=self.dropout, causal=self.causal, deterministic=not train,
+                    dropout=self.dropout, causal=self.causal,
+                    attention_impl=self.attention_impl, deterministic=not train,
                     dtype=self.dtype, param_dtype=self.param_dtype)
     block_cls = DiTBlock
     if self.remat:

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
-from prime_jax.models.layers import (Conditioning, DenseGeneral, Modulation, constrain, logical,
-                                     modulate, ones_init, zeros_init)
+from prime_jax.models.layers import (Conditioning, DenseGeneral, Modulation, check_attention_impl,
+                                     constrain, dot_product_attention, logical, modulate,
+                                     ones_init, zeros_init)
 from prime_jax.subtokens import PrimeCode
 
 Dtype = Any
@@ -53,7 +54,10 @@ class GroupNorm(nn.Module):
 
 
 class ResBlock(nn.Module):
-  """ADM residual block with scale-shift norm: skip(x) + Conv0(Drop(SiLU(FiLM(GN(Conv(SiLU(GN(x))))))))."""
+  """ADM residual block, scale-shift norm: skip(x) + Conv0(Drop(SiLU(FiLM(GN(Conv(SiLU(GN(x)))))))).
+
+  Conv0 is zero-initialised, so the block starts as its skip path.
+  """
 
   features: int
   dropout: float = 0.0
@@ -84,6 +88,7 @@ class AttentionBlock(nn.Module):
 
   head_dim: int = 64
   num_groups: int = 32
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -99,7 +104,7 @@ class AttentionBlock(nn.Module):
     q = DenseGeneral(name="query", **qkv_kw)(h_BLD)
     k = DenseGeneral(name="key", **qkv_kw)(h_BLD)
     v = DenseGeneral(name="value", **qkv_kw)(h_BLD)
-    a_BLNH = jax.nn.dot_product_attention(q, k, v)
+    a_BLNH = dot_product_attention(q, k, v, impl=self.attention_impl)
     out_BLD = DenseGeneral((d,), ("heads", "kv", "embed"), ("embed",), num_in_axes=2,
                            zero_init=True, name="out", **kw)(a_BLNH)
     return x_BHWD.astype(jnp.float32) + out_BLD.reshape(b, hh, ww, d).astype(jnp.float32)
@@ -111,7 +116,7 @@ class PrimeUNet(nn.Module):
   K = image_channels. `attn_resolutions` are feature-map sizes (in pixels) that get
   self-attention; the middle block always has it. `emb_features` is the embedding width per
   pixel channel (default ch // K rounded down to a multiple of ℓ). t_B is ignored unless
-  `time_conditioning`.
+  `time_conditioning`. `attention_impl` as in `PrimeTransformer`.
   """
 
   code: PrimeCode
@@ -127,6 +132,7 @@ class PrimeUNet(nn.Module):
   per_digit_tables: bool = False
   combine: str = "concat"
   norm_groups: int = 32
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   logits_dtype: Dtype = jnp.float32
@@ -152,6 +158,7 @@ class PrimeUNet(nn.Module):
       raise ValueError(f"{name}: dropout must be in [0, 1), got {self.dropout!r}")
     check_embedding_config(self.code, self.embedding_features, self.per_digit_tables,
                            self.combine, owner=name, features_field="emb_features")
+    check_attention_impl(self.attention_impl, name)
     super().__post_init__()
 
   @property
@@ -190,7 +197,8 @@ class PrimeUNet(nn.Module):
     b, height, width, k, _ = y_BHWKl.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     res_kw = dict(dropout=self.dropout, num_groups=self.norm_groups, deterministic=not train, **kw)
-    attn_kw = dict(head_dim=self.head_dim, num_groups=self.norm_groups, **kw)
+    attn_kw = dict(head_dim=self.head_dim, num_groups=self.norm_groups,
+                   attention_impl=self.attention_impl, **kw)
 
     e = PrimeEmbedding(self.code, self.embedding_features, per_digit_tables=self.per_digit_tables,
                        combine=self.combine, dtype=jnp.float32, param_dtype=self.param_dtype,
