@@ -2,13 +2,16 @@
 
 A restore targets abstract arrays that carry the *current* shardings, so a checkpoint written on
 one mesh restores onto another. A checkpoint that fails to restore (truncated, corrupted) is
-reported in one line and the next older one is tried.
+reported in one line and the next older one is tried; once an older one restores, the unreadable
+newer ones are moved to `<workdir>/unreadable_checkpoints/` so that training can save those steps
+again instead of failing on a step that already exists.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Optional
 
 import jax
@@ -28,8 +31,13 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any = None,
          force: bool = False) -> bool:
-  """Starts saving (asynchronously when configured); returns whether a save was started."""
+  """Starts saving (asynchronously when configured); returns whether a save was started.
+
+  A step that is already saved (a regular save just before a forced preemption save) is left as is.
+  """
   import grain  # pylint: disable=g-import-not-at-top
+  if manager.latest_step() == step:
+    return False
   items = {"state": ocp.args.StandardSave(state)}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -57,6 +65,7 @@ def restore_latest(manager: ocp.CheckpointManager, target_state: Any,
       raise ValueError(f"no checkpoint at step {step}; available steps: {sorted(steps)}")
     steps = [step]
   abstract = abstract_like(target_state)
+  unreadable = []
   for s in steps:
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
@@ -68,10 +77,56 @@ def restore_latest(manager: ocp.CheckpointManager, target_state: Any,
                       s, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
       print(f"[checkpoint] step {s} is unreadable ({type(e).__name__}); trying an older one",
             flush=True)
+      unreadable.append(s)
       continue
+    if unreadable and step is None:
+      _set_aside(manager, unreadable)
     return s, restored["state"]
   if steps:
     raise RuntimeError(f"no checkpoint in {manager.directory} could be restored (steps tried: "
                        f"{steps}); refusing to start again from step 0 — move the directory "
                        "away to start afresh")
   return None, None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves unreadable step directories out of the manager's way (kept for inspection)."""
+  root = os.path.dirname(os.path.abspath(str(manager.directory)))
+  if jax.process_index() == 0:
+    target = os.path.join(root, "unreadable_checkpoints")
+    os.makedirs(target, exist_ok=True)
+    for s in steps:
+      destination = os.path.join(target, f"{s}-{int(time.time())}")
+      os.rename(os.path.join(str(manager.directory), str(s)), destination)
+      print(f"[checkpoint] moved unreadable step {s} to {destination}", flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("prime_jax_set_aside_unreadable_checkpoints")
+  manager.reload()
+
+
+def saved_param_shapes(checkpoint_dir: str) -> Optional[dict[str, tuple[int, ...]]]:
+  """{'a/b/kernel': shape} of the parameters in the newest step's metadata; None if unreadable."""
+  steps = sorted((int(d) for d in listdir(checkpoint_dir) if d.isdigit()), reverse=True)
+  for s in steps:
+    try:
+      meta = ocp.StandardCheckpointer().metadata(os.path.join(checkpoint_dir, str(s), "state"))
+    except Exception:  # pylint: disable=broad-except  (a corrupted step: restore reports it)
+      continue
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, dict) or "params" not in tree:
+      continue
+    leaves = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+    return {path_name(p): tuple(getattr(leaf, "shape", ())) for p, leaf in leaves}
+  return None
+
+
+def path_name(path) -> str:
+  """'block_0/mlp_in/kernel' for a tree path of dict keys or attributes."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def listdir(directory: str) -> list[str]:
+  """The entries of `directory`, or none when it does not exist."""
+  return os.listdir(directory) if os.path.isdir(directory) else []
