@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from prime_jax import checkpointing, config_lib, sharding, training, writers
+from prime_jax import workdir as workdir_lib
 
 LN2 = math.log(2.0)
 
@@ -146,15 +147,29 @@ def _to_host(x) -> np.ndarray:
 
 
 class _StopRequest:
-  """Set by SIGTERM/SIGINT; the loop saves a checkpoint at the current step and exits."""
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint at the current step and exits.
+
+  With several processes, JAX's preemption service keeps SIGTERM (no Python handler is put over
+  it) and `reached_preemption_sync_point` picks one step for all hosts, so they save the same
+  step; SIGINT on one host of such a run stops that host like a crash.
+  """
 
   def __init__(self):
     self.signum: Optional[int] = None
     self._previous = {}
+    self._multihost = jax.process_count() > 1 and _preemption_service_running()
 
   def install(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in () if self._multihost else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
+
+  def requested(self, step: int) -> bool:
+    """Whether to save and stop after `step`; called at every step (on every host)."""
+    if self._multihost:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signum = signal.SIGTERM
+    return self.signum is not None
 
   def uninstall(self):
     for sig, handler in self._previous.items():
@@ -163,6 +178,11 @@ class _StopRequest:
   def _handle(self, signum, frame):
     del frame
     self.signum = signum
+
+
+def _preemption_service_running() -> bool:
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
 
 
 class NonFiniteError(RuntimeError):
@@ -188,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   t = config.train
   chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  workdir_lib.check(config, workdir, run)  # Before config.json is rewritten.
   if chief:
     save_config(config, workdir)
   writer = writers.MetricWriter(workdir, enabled=chief)
@@ -240,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         _write_training_samples(run, state, step, workdir)
       if step % t.checkpoint_every == 0 or step == last:
         checkpointing.save(manager, step, state, data_iter)
-      if stop.signum is not None:
+      if stop.requested(step):
         _check_finite(pending, t, state)
         checkpointing.save(manager, step, state, data_iter, force=True)
         print(f"[train] signal {stop.signum}: saved step {step}; exiting", flush=True)
