@@ -29,6 +29,8 @@ def check_flags(config, workdir: str, mode: str) -> None:
     existing = os.path.abspath(workdir)
     while not os.path.exists(existing):
       existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise app.UsageError(f"--workdir={workdir} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
       raise app.UsageError(f"--workdir={workdir} is not writable ({existing} does not let this "
                            "user create files); choose another directory")
