@@ -1,4 +1,4 @@
-"""Likelihood evaluation: the valid bound over a whole split, with the paper's joint objective beside.
+"""Likelihood evaluation: the valid bound over a whole split, the paper's joint objective beside.
 
 The valid bound (DESIGN §1.4 b) is an upper bound on -log p(x) for any network; the joint
 objective (a) is not, for ℓ > 1, and is reported only under the label "joint (not a bound)".
@@ -91,7 +91,8 @@ class Estimate:
 
   def in_units(self, unit: str) -> dict[str, float]:
     return {f"nats_per_{unit}": self.mean, f"nats_per_{unit}_se": self.se,
-            f"bits_per_{unit}": self.mean / math.log(2), f"bits_per_{unit}_se": self.se / math.log(2),
+            f"bits_per_{unit}": self.mean / math.log(2),
+            f"bits_per_{unit}_se": self.se / math.log(2),
             "perplexity": math.exp(self.mean), "perplexity_se": math.exp(self.mean) * self.se}
 
 
@@ -127,7 +128,7 @@ class EvalResult:
   per_example_count: np.ndarray = dataclasses.field(repr=False)
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready: the bound under 'valid_bound', the paper's objective under 'joint_not_a_bound'."""
+    """JSON-ready: the bound under 'valid_bound', the paper's objective 'joint_not_a_bound'."""
     return {"valid_bound": self.valid.in_units(self.unit),
             "joint_not_a_bound": self.joint.in_units(self.unit),
             "unit": self.unit, "num_examples": self.num_examples,

@@ -66,7 +66,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   tr((Σ1 Σ2)^½) is taken through the symmetric form, so only symmetric eigen-solves are needed.
   """
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-  sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+  sigma1 = np.atleast_2d(sigma1).astype(np.float64)
+  sigma2 = np.atleast_2d(sigma2).astype(np.float64)
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f"mismatched shapes: {mu1.shape}, {mu2.shape}, {sigma1.shape}, {sigma2.shape}")
   root1 = _psd_sqrt(sigma1)
