@@ -9,16 +9,23 @@ resume. The result must equal one process with eight devices fed the same global
 import json
 import os
 import signal
+import socket
 import subprocess
 
 import jax
 import numpy as np
-import portpicker
 
 import tiny
 from prime_jax import checkpointing, data, sharding, trainer
 
 RESUMED_STEPS = 3
+
+
+def _free_port() -> int:
+  """A port on 127.0.0.1 that nothing listens on now (the coordinator binds it next)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def _flags(port, **overrides):
@@ -65,7 +72,7 @@ def _reference(config, steps):
 def test_two_processes_preempt_and_resume_like_one_process_with_eight_devices(tmp_path):
   cache = str(tmp_path / "jax_cache")
   workdir = str(tmp_path / "run")
-  procs = _launch(workdir, _flags(portpicker.pick_unused_port(), train__num_steps=500), cache)
+  procs = _launch(workdir, _flags(_free_port(), train__num_steps=500), cache)
   try:
     for line in procs[0].stdout:
       if line.startswith("[train] step 3/"):
@@ -83,7 +90,7 @@ def test_two_processes_preempt_and_resume_like_one_process_with_eight_devices(tm
   assert stopped >= 3
 
   total = stopped + RESUMED_STEPS
-  procs = _launch(workdir, _flags(portpicker.pick_unused_port(), train__num_steps=total), cache)
+  procs = _launch(workdir, _flags(_free_port(), train__num_steps=total), cache)
   outputs = _finish(procs)
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out
