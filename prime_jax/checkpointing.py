@@ -2,9 +2,9 @@
 
 A restore targets abstract arrays that carry the *current* shardings, so a checkpoint written on
 one mesh restores onto another. A checkpoint that fails to restore (truncated, corrupted) is
-reported in one line and the next older one is tried; once an older one restores, the unreadable
-newer ones are moved to `<workdir>/unreadable_checkpoints/` so that training can save those steps
-again instead of failing on a step that already exists.
+reported in one line and the next older one is tried; when training restores an older one, the
+unreadable newer ones are moved to `<workdir>/unreadable_checkpoints/` so that it can save those
+steps again instead of failing on a step that already exists.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ def abstract_like(state: Any) -> Any:
 
 
 def restore_latest(manager: ocp.CheckpointManager, target_state: Any,
-                   data_iterator: Any = None, step: Optional[int] = None
-                   ) -> tuple[Optional[int], Any]:
+                   data_iterator: Any = None, step: Optional[int] = None,
+                   set_aside_unreadable: bool = False) -> tuple[Optional[int], Any]:
   """(step, state) of the newest checkpoint that restores, or (None, None) when there is none.
 
-  The data iterator, when given, is restored in place.
+  The data iterator, when given, is restored in place. With `set_aside_unreadable` (training,
+  which will save those steps again) unreadable newer steps are moved out of the way; readers
+  such as eval leave the workdir untouched.
   """
   import grain  # pylint: disable=g-import-not-at-top
   steps = sorted(manager.all_steps(), reverse=True)
@@ -79,7 +81,7 @@ def restore_latest(manager: ocp.CheckpointManager, target_state: Any,
             flush=True)
       unreadable.append(s)
       continue
-    if unreadable and step is None:
+    if unreadable and set_aside_unreadable:
       _set_aside(manager, unreadable)
     return s, restored["state"]
   if steps:

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from prime_jax import checkpointing, config_lib, sharding, training, writers
+from prime_jax import (checkpointing, config_lib, evaluation, objectives, sharding, training,
+                       writers)
 from prime_jax import workdir as workdir_lib
 
 LN2 = math.log(2.0)
@@ -85,40 +86,56 @@ def make_train_step(run: Run):
 
 
 def make_eval_step(run: Run, num_time_samples: int):
-  """Per-example held-out metrics (nats per token), averaged over K time samples each."""
-  def fn(params, tokens, key):
-    def one(k):
-      return training.losses(run.task, params, tokens, k, train=False)[1]
-    per_sample = jax.lax.map(one, jax.random.split(key, num_time_samples))
-    return jax.tree.map(lambda v: v.mean(0), per_sample)
-  params_sharding = run.state_shardings.params
-  jitted = jax.jit(fn, in_shardings=(params_sharding, sharding.batch_sharding(run.mesh), None),
-                   out_shardings=sharding.batch_sharding(run.mesh))
+  """Jitted per-example held-out sums (nats) and token counts, batch sharded over the mesh.
 
-  def call(params, tokens, key):
+  Diffusion models: `evaluation.eval_step` (valid bound and joint objective, K antithetic times
+  per example). The autoregressive baseline: its exact NLL.
+  """
+  task = run.task
+
+  def fn(params, tokens, mask, key):
+    apply = lambda y, t: task.model.apply({"params": params}, y, t, train=False)
+    if task.objective == "autoregressive":
+      logits = apply(training.autoregressive_inputs(task.code, tokens), None)
+      nll = -objectives.token_log_probs(task.code, logits, tokens) * mask
+      return {"nll": nll.reshape(nll.shape[0], -1).sum(-1),
+              "count": mask.reshape(mask.shape[0], -1).sum(-1)}
+    return evaluation.eval_step(key, apply, task.code, task.schedule, tokens, mask,
+                                num_time_samples=num_time_samples, carry_over=task.carry_over,
+                                t_min=task.t_min)
+  batch = sharding.batch_sharding(run.mesh)
+  jitted = jax.jit(fn, in_shardings=(run.state_shardings.params, batch, batch, None),
+                   out_shardings=batch)
+
+  def call(params, tokens, mask, key):
     with sharding.activate(run.mesh, run.rules):
-      return jitted(params, tokens, key)
+      return jitted(params, tokens, mask, key)
   return call
 
 
-def summarize(per_example: dict[str, np.ndarray]) -> dict[str, float]:
-  """Mean and standard error over examples (s.e. = sample std / sqrt(n)), in nats and bits."""
-  out = {}
-  for name, values in per_example.items():
-    values = np.asarray(values, np.float64)
-    mean = float(values.mean())
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-    out.update({f"{name}_nats": mean, f"{name}_nats_se": se, f"{name}_bits": mean / LN2,
-                f"{name}_bits_se": se / LN2})
-    if name in ("valid", "nll"):
-      out[f"{name}_perplexity"] = float(np.exp(mean))
-  out["num_examples"] = int(len(next(iter(per_example.values()))))
-  return out
+def _flat(name: str, estimate) -> dict[str, float]:
+  return {f"{name}_nats": estimate.mean, f"{name}_nats_se": estimate.se,
+          f"{name}_bits": estimate.mean / LN2, f"{name}_bits_se": estimate.se / LN2,
+          f"{name}_perplexity": float(np.exp(estimate.mean))}
+
+
+def _count_mask(run: Run, data_config, tokens: np.ndarray) -> np.ndarray:
+  """1 where a position counts: padding of unwrapped (per-sentence) text is left out."""
+  from prime_jax.data import registry  # pylint: disable=g-import-not-at-top
+  info = run.info
+  if info.kind == "text" and info.pad_id is not None and not registry.resolved(
+      data_config)["wrap"] and info.pad_id not in (info.bos_id, info.eos_id):
+    return (tokens != info.pad_id).astype(np.float32)
+  return np.ones(tokens.shape, np.float32)
 
 
 def evaluate_split(run: Run, params, *, split: str, batch_size: int, num_batches: int,
                    num_time_samples: int, seed: int, data_config=None) -> dict[str, float]:
-  """The valid bound (and the joint objective, not a bound) over `num_batches` (0 = all)."""
+  """Per-token valid bound (and joint objective, not a bound) over `num_batches` (0 = all).
+
+  Mean ± standard error over examples (`evaluation.ratio_estimate`); the AR baseline gives its
+  exact NLL instead. Only whole batches are read (the remainder of a split is left out).
+  """
   from prime_jax import data  # pylint: disable=g-import-not-at-top
   data_config = data_config or run.config.data
   per_process = batch_size // jax.process_count()
@@ -126,17 +143,27 @@ def evaluate_split(run: Run, params, *, split: str, batch_size: int, num_batches
                             num_epochs=1, drop_remainder=True)
   step = make_eval_step(run, num_time_samples)
   key = jax.random.key(seed)
+  batch_sharding = sharding.batch_sharding(run.mesh)
   collected: dict[str, list] = {}
   for i, batch in enumerate(loader):
     if num_batches and i >= num_batches:
       break
-    tokens = sharding.global_batch(batch["tokens"], sharding.batch_sharding(run.mesh))
-    metrics = step(params, tokens, jax.random.fold_in(key, i))
-    for k, v in metrics.items():
+    tokens = sharding.global_batch(batch["tokens"], batch_sharding)
+    mask = sharding.global_batch(_count_mask(run, data_config, batch["tokens"]), batch_sharding)
+    for k, v in step(params, tokens, mask, jax.random.fold_in(key, i)).items():
       collected.setdefault(k, []).append(_to_host(v))
   if not collected:
     raise ValueError(f"split {split!r} gave no full batch of {batch_size} examples")
-  return summarize({k: np.concatenate(v) for k, v in collected.items()})
+  cat = {k: np.concatenate(v) for k, v in collected.items()}
+  if "nll" in cat:
+    out = _flat("nll", evaluation.ratio_estimate(cat["nll"], cat["count"]))
+  else:
+    res = evaluation.summarize(cat["valid"], cat["joint"], cat["count"],
+                               num_time_samples=num_time_samples)
+    out = {**_flat("valid", res.valid), **_flat("joint", res.joint)}
+    del out["joint_perplexity"]  # The joint objective is not a likelihood.
+  out.update(num_examples=int((cat["count"] > 0).sum()), num_tokens=float(cat["count"].sum()))
+  return out
 
 
 def _to_host(x) -> np.ndarray:
@@ -218,7 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_iter = iter(loader)
   manager = checkpointing.make_manager(workdir, config)
   state = init_state(run, config.seed)
-  restored_step, restored = checkpointing.restore_latest(manager, state, data_iter)
+  restored_step, restored = checkpointing.restore_latest(manager, state, data_iter,
+                                                         set_aside_unreadable=True)
   if restored is not None:
     state = restored
     print(f"[train] resumed from step {restored_step} in {workdir}", flush=True)

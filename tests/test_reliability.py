@@ -195,6 +195,9 @@ def test_truncated_newest_checkpoint_is_skipped_with_one_line_and_the_previous_r
     if os.path.isfile(name):
       with open(name, "r+b") as f:
         f.truncate(os.path.getsize(name) // 2)
+  from prime_jax import runs  # pylint: disable=g-import-not-at-top
+  assert runs.restore(run, path)[0] == 2  # A reader (eval, sample) falls back too ...
+  assert os.path.isdir(os.path.join(path, "checkpoints", "4"))  # ... and moves nothing.
   capsys.readouterr()
 
   result = trainer.train_and_evaluate(c, path)  # Resumes at 2 and saves step 4 afresh.
