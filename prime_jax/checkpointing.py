@@ -17,6 +17,7 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -112,11 +113,11 @@ def saved_param_shapes(checkpoint_dir: str) -> Optional[dict[str, tuple[int, ...
   steps = sorted((int(d) for d in listdir(checkpoint_dir) if d.isdigit()), reverse=True)
   for s in steps:
     try:
-      meta = ocp.StandardCheckpointer().metadata(os.path.join(checkpoint_dir, str(s), "state"))
+      meta = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(os.path.join(checkpoint_dir, str(s), "state")))
     except Exception:  # pylint: disable=broad-except  (a corrupted step: restore reports it)
       continue
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
+    tree = getattr(meta, "tree", meta)
     if not isinstance(tree, dict) or "params" not in tree:
       continue
     leaves = jax.tree_util.tree_flatten_with_path(tree["params"])[0]

@@ -217,6 +217,17 @@ def test_truncated_newest_checkpoint_is_skipped_with_one_line_and_the_previous_r
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(again), step2)
 
 
+def test_forced_save_at_a_step_just_saved_is_a_no_op(tmp_path):
+  """SIGTERM right after a regular save: the preemption save must not hit StepAlreadyExists."""
+  c = _ckpt_config(train__async_checkpoint=True)
+  state = trainer.init_state(trainer.prepare(c), 0)
+  manager = checkpointing.make_manager(str(tmp_path / "run"), c)
+  assert checkpointing.save(manager, 2, state)
+  assert not checkpointing.save(manager, 2, state, force=True)
+  manager.wait_until_finished()
+  assert manager.all_steps() == [2]
+
+
 def test_no_readable_checkpoint_refuses_to_start_from_zero(trained, tmp_path):
   path = _copy(trained, tmp_path)
   for name in glob.glob(os.path.join(path, "checkpoints", "*", "state", "**", "*"),
