@@ -63,7 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=8, batch_size=8, steps=0, digit_source="marginal", grid="uniform",
       top_p=1.0, temperature=1.0, use_ema=True, prefix="", prefix_rows=0, checkpoint_step=-1,
       draw_dtype="float64", invalid_policy="resample", temperature_schedule=(), corrector=(),
-      time_warp=()))
+      time_warp=(),
+      # Sample quality: a causal-baseline workdir that scores text samples (generative
+      # perplexity), and a Fashion-MNIST classifier file for the Fréchet distance ("" = off).
+      scorer_workdir="", fd_classifier=""))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.distributed = ml_collections.ConfigDict(dict(
@@ -209,3 +212,17 @@ def paper_image_config(args: ml_collections.ConfigDict, name: str) -> ml_collect
                   temperature_schedule=(-0.2, 2.0, 1.0), time_warp=(1.0, 1.7, 0.0))
   apply_variant(c, args)
   return c
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'configs/NAME.py[:args]' as --config does, for notebooks, scripts and tests."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "prime_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

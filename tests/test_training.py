@@ -1,7 +1,6 @@
 """Configs, sharding, the train step, resume and the CLI, on tiny configs."""
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -16,10 +15,7 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "c
 
 def load_config(name, arg=""):
   path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load(f"{path}:{arg}" if arg else path)
 
 
 def tiny_config(arg="", **train):
