@@ -94,7 +94,8 @@ def main() -> None:
       r = time_saves(shakespeare_config(large), args.repeats, directory)
       print(f"{name}: {r['params'] / 1e6:.1f}M params, state {r['state_bytes'] / 2**20:.0f} MiB | "
             f"sync save {r['sync_s'] * 1e3:.1f} ms | async: loop blocked "
-            f"{r['async_blocked_s'] * 1e3:.1f} ms, background write {r['async_total_s'] * 1e3:.1f} ms "
+            f"{r['async_blocked_s'] * 1e3:.1f} ms, background write "
+            f"{r['async_total_s'] * 1e3:.1f} ms "
             f"| blocked/sync = {100 * r['ratio']:.1f}% (target < 10%)", flush=True)
   finally:
     if args.dir is None:

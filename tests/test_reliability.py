@@ -423,7 +423,8 @@ def test_sampling_prefix_outside_the_character_set():
 def test_eval_split_and_eval_dataset_errors(trained):
   from prime_jax import runs  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"config.eval.split='test' is not a split of "
-                                       r"'shakespeare_bytes'; available: \['train', 'validation'\]"):
+                                       r"'shakespeare_bytes'; available: "
+                                       r"\['train', 'validation'\]"):
     runs.evaluate(tiny.config(eval__split="test"), trained)
   with pytest.raises(ValueError, match=r"example_shape mismatch: the model expects .* \(32,\) "
                                        r"but dataset 'fashion_mnist_local' gives \(28, 28, 1\)"):
