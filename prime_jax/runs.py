@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from prime_jax import checkpointing, sampling, sharding, trainer
+from prime_jax import checkpointing, sample_quality, sampling, sharding, trainer
 
 
 def restore(run: trainer.Run, workdir: str, step: int = -1):
@@ -130,6 +130,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   positions = int(np.prod(run.example_shape))
   sconf = sampler_config(config, positions)
   fixed_tokens, fixed_mask = _prefix(run, s.batch_size)
+  measure = sample_quality.sample_metrics(config, run)  # Checked before sampling.
   step, state = restore(run, workdir, s.checkpoint_step)
   params = state.ema_params if s.use_ema else state.params
   out_dir = os.path.join(workdir, "samples", f"step_{step}")
@@ -138,11 +139,27 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   files = write_samples(run, result, out_dir)
   summary = {"checkpoint_step": step, "settings": dataclasses.asdict(sconf), "weights": "ema" if s.use_ema else "raw",
              **{k: v for k, v in result.items() if k != "tokens"}, "files": files}
+  if measure is not None:
+    summary["quality"] = measure(result["tokens"])
   files["summary"] = _write_json(os.path.join(out_dir, "summary.json"), summary)
   if jax.process_index() == 0:
     print(f"[sample] {s.num_samples} samples, {result['num_calls']} network calls, "
           f"{result['num_idle']} idle steps, {result['seconds']:.1f} s -> {out_dir}", flush=True)
+    if measure is not None:
+      print(f"[sample] quality: {_quality_line(summary['quality'])}", flush=True)
   return summary
+
+
+def _quality_line(q: dict[str, Any]) -> str:
+  parts = []
+  if "gen_ppl" in q:
+    nan = float("nan")
+    parts.append(f"gen-ppl {q['gen_ppl']:.3f} (real data {q.get('reference_gen_ppl', nan):.3f}), "
+                 f"unigram entropy {q['unigram_entropy']:.3f} nats "
+                 f"(real data {q.get('reference_unigram_entropy', nan):.3f})")
+  if "fd_fashion_mnist" in q:
+    parts.append(f"Fashion-MNIST FD {q['fd_fashion_mnist']:.3f} ({q['fd_num_samples']} samples)")
+  return "; ".join(parts)
 
 
 def draw(run: trainer.Run, params, sconf: sampling.SamplerConfig, num_samples: int,

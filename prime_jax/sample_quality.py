@@ -1,16 +1,31 @@
-"""Sample-quality figures that need no particular network: generative perplexity under a given
-autoregressive model, the samples' unigram entropy, and the Fréchet distance of two feature sets.
+"""Sample-quality figures: generative perplexity, unigram entropy and Fréchet distances.
 
-FID proper (Inception features) and the Fréchet distance on a Fashion-MNIST classifier's features
-only need a feature extractor in front of `feature_statistics`/`frechet_distance`.
+* Text: generative perplexity of samples under an autoregressive model trained with this project
+  (the causal baseline, `load_scorer(workdir)`), with the samples' unigram entropy beside it.
+* Images: a Fréchet distance on the penultimate features of a small Fashion-MNIST classifier that
+  the project trains itself (`python -m prime_jax.sample_quality train-classifier`), usable offline.
+  FID with Inception features is not implemented.
+* `sample_metrics(config, run)` wires these into `--mode=sample`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
 import math
-from typing import Callable
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
 
 import numpy as np
+
+DEFAULT_CLASSIFIER = os.path.join(
+    os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
+    "prime_jax", "fmnist_classifier.msgpack")
+FASHION_MNIST_NAMES = ("fashion_mnist_local", "fashion_mnist")
 
 
 def generative_perplexity(log_prob_fn: Callable[[np.ndarray], np.ndarray], tokens,
@@ -75,3 +90,353 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   trace_sqrt = np.sqrt(np.clip(middle, 0.0, None)).sum()
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+
+
+# --- Generative perplexity under the project's own autoregressive baseline. ---------------------
+
+def load_config_json(path: str):
+  """The `ml_collections.ConfigDict` saved in a workdir's config.json (a dir or the file itself).
+
+  JSON lists come back as tuples, as the config files write them.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(path) or not path.endswith(".json"):
+    path = os.path.join(path, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist: training writes the config of a workdir "
+                            "there (python -m prime_jax.main --mode=train)")
+  with open(path) as f:
+    raw = json.load(f)
+
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+  return ml_collections.ConfigDict(tuples(raw))
+
+
+@dataclasses.dataclass
+class Scorer:
+  """An autoregressive model restored from a workdir; `log_prob_fn(tokens (B, L)) -> (B, L)`."""
+
+  log_prob_fn: Callable[[np.ndarray], np.ndarray]
+  run: Any
+  step: int
+  workdir: str
+
+
+def load_scorer(workdir: str, *, use_ema: bool = True, step: int = -1,
+                batch_size: int = 64) -> Scorer:
+  """Restores the causal baseline trained in `workdir` (its config.json and checkpoint).
+
+  `log_prob_fn` gives log p(x_i | x_<i) for every position (position 0 is predicted from no
+  context); it runs in fixed chunks of `batch_size` rows, padded, so it compiles once.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from prime_jax import objectives, runs, sharding, trainer, training
+  # pylint: enable=g-import-not-at-top
+  config = load_config_json(workdir)
+  if config.diffusion.objective != "autoregressive":
+    raise ValueError(
+        f"{workdir} holds a model with diffusion.objective={config.diffusion.objective!r}; "
+        "scoring samples needs the causal baseline (e.g. configs/shakespeare.py:baseline=ar)")
+  run = trainer.prepare(config)
+  found, state = runs.restore(run, workdir, step)
+  params = state.ema_params if use_ema else state.params
+  code, model = run.task.code, run.task.model
+
+  def fn(p, tokens):
+    logits = model.apply({"params": p}, training.autoregressive_inputs(code, tokens), None,
+                         train=False)
+    return objectives.token_log_probs(code, logits, tokens)
+  batch = sharding.batch_sharding(run.mesh)
+  jitted = jax.jit(fn, in_shardings=(run.state_shardings.params, batch),
+                   out_shardings=sharding.replicated(run.mesh))
+  shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+  chunk = -(-batch_size // shards) * shards
+  length = run.example_shape[0]
+
+  def log_prob_fn(tokens):
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.ndim != 2 or tokens.shape[1] != length:
+      raise ValueError(f"the scorer takes tokens of shape (N, {length}), got {tokens.shape}")
+    out = []
+    for start in range(0, len(tokens), chunk):
+      part = tokens[start:start + chunk]
+      padded = np.zeros((chunk, length), np.int32)
+      padded[:len(part)] = part
+      array = jax.make_array_from_callback(padded.shape, batch, lambda idx: padded[idx])
+      with sharding.activate(run.mesh, run.rules):
+        out.append(np.asarray(jitted(params, array))[:len(part)])
+    return np.concatenate(out) if out else np.zeros((0, length), np.float32)
+  return Scorer(log_prob_fn, run, int(found), workdir)
+
+
+def check_scorer_fits(scorer_run, run, scorer_workdir: str) -> None:
+  """Raises ValueError unless the scorer shares the sampled model's vocabulary and length."""
+  problems = []
+  mine, theirs = run.task.code.vocab_size, scorer_run.task.code.vocab_size
+  if mine != theirs or run.info.tokenizer != scorer_run.info.tokenizer:
+    problems.append(f"vocabulary: {theirs} tokens ({scorer_run.info.tokenizer}, dataset "
+                    f"{scorer_run.info.name!r}) in the scorer, {mine} tokens "
+                    f"({run.info.tokenizer}, dataset {run.info.name!r}) in the sampled model")
+  if tuple(scorer_run.example_shape) != tuple(run.example_shape):
+    problems.append(f"sequence length: {scorer_run.example_shape[0]} in the scorer, "
+                    f"{run.example_shape[0]} in the sampled model")
+  if problems:
+    raise ValueError(f"config.sample.scorer_workdir={scorer_workdir!r} cannot score these "
+                     "samples: " + "; ".join(problems))
+
+
+def held_out_tokens(run, num: int, split: str = "validation") -> np.ndarray:
+  """The first `num` examples of a held-out split of the run's data (fewer if it is shorter)."""
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  loader = data.make_loader(run.config.data, split, batch_size=min(num, 256), shuffle=False,
+                            num_epochs=1, drop_remainder=False)
+  rows, have = [], 0
+  for batch in loader:
+    rows.append(np.asarray(batch["tokens"]))
+    have += len(rows[-1])
+    if have >= num:
+      break
+  return np.concatenate(rows)[:num]
+
+
+def text_quality(scorer: Scorer, tokens, reference=None, *, skip_first: bool = True,
+                 batch_size: int = 64) -> dict[str, Any]:
+  """Generative perplexity and unigram entropy of samples, and of real `reference` data."""
+  ppl = generative_perplexity(scorer.log_prob_fn, tokens, batch_size=batch_size,
+                              skip_first=skip_first)
+  out = {"gen_ppl": ppl["gen_ppl"], "gen_nats_per_token": ppl["nats_per_token"],
+         "gen_ppl_num_tokens": ppl["num_tokens"], "unigram_entropy": unigram_entropy(tokens),
+         "gen_ppl_skip_first": skip_first, "scorer_workdir": scorer.workdir,
+         "scorer_step": scorer.step, "scorer_dataset": scorer.run.info.name}
+  if reference is not None and len(reference):
+    ref = generative_perplexity(scorer.log_prob_fn, reference, batch_size=batch_size,
+                                skip_first=skip_first)
+    out.update(reference_gen_ppl=ref["gen_ppl"], reference_unigram_entropy=unigram_entropy(
+        reference), reference_num_examples=len(reference))
+  return out
+
+
+# --- Fréchet distance on a Fashion-MNIST classifier's features. ---------------------------------
+
+def fashion_mnist_labels(split: str) -> np.ndarray:
+  """Class labels (N,) of fashion_mnist_local's 'train' or 'validation' (= test) split."""
+  from prime_jax.data import embedded, images  # pylint: disable=g-import-not-at-top
+  embedded.fashion_mnist_local(split)  # Checks the split and gives the install hint.
+  prefix = "train" if split == "train" else "t10k"
+  return images.read_idx(os.path.join(embedded.FASHION_MNIST_DIR,
+                                      f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int32)
+
+
+def classifier_accuracy(params, images, labels, batch_size: int = 1000) -> float:
+  """Top-1 accuracy of the classifier on uint8 images (N, 28, 28, 1)."""
+  logits = _classifier_apply(params, images, batch_size, return_features=False)
+  return float((logits.argmax(-1) == np.asarray(labels)).mean())
+
+
+def train_classifier(out: str = DEFAULT_CLASSIFIER, *, steps: int = 1500, batch_size: int = 128,
+                     lr: float = 2e-3, seed: int = 0, train_examples: int = 0,
+                     eval_examples: int = 0, features: int = 128,
+                     log_every: int = 0) -> dict[str, Any]:
+  """Trains the Fashion-MNIST classifier on the train split and saves it to `out` (msgpack).
+
+  Accuracy is measured on the test images (the first `eval_examples`; 0 = all 10,000).
+  Returns {'path', 'accuracy', 'seconds', 'steps'}; `train_examples` > 0 uses a subset.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  from prime_jax.data import embedded  # pylint: disable=g-import-not-at-top
+  from prime_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  x, y = embedded.fashion_mnist_local("train"), fashion_mnist_labels("train")
+  if train_examples:
+    x, y = x[:train_examples], y[:train_examples]
+  model = classifier.ImageClassifier(features=features)
+  params = model.init(jax.random.key(seed), np.zeros((1,) + x.shape[1:], np.uint8))["params"]
+  tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, images, labels):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, images)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  rng = np.random.default_rng(seed)
+  order, pos = rng.permutation(len(x)), 0
+  for i in range(steps):
+    if pos + batch_size > len(order):
+      order, pos = rng.permutation(len(x)), 0
+    idx = order[pos:pos + batch_size]
+    pos += batch_size
+    params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
+    if log_every and (i + 1) % log_every == 0:
+      print(f"[classifier] step {i + 1}/{steps}: loss {float(loss):.4f}", flush=True)
+  params = jax.device_get(params)
+  test_x, test_y = embedded.fashion_mnist_local("validation"), fashion_mnist_labels("validation")
+  if eval_examples:
+    test_x, test_y = test_x[:eval_examples], test_y[:eval_examples]
+  accuracy = classifier_accuracy(params, test_x, test_y)
+  seconds = time.perf_counter() - start
+  meta = {"accuracy": accuracy, "test_examples": len(test_y), "steps": steps,
+          "batch_size": batch_size, "train_examples": len(x), "features": features,
+          "seconds": seconds}
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = out + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(serialization.msgpack_serialize({"params": params, "meta": meta}))
+  os.replace(tmp, out)
+  return {"path": out, **meta}
+
+
+def load_classifier(path: str) -> tuple[Any, dict[str, Any]]:
+  """(params, meta) of a classifier saved by `train_classifier`; a clear error when missing."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"no classifier at {path}: train it once (about two minutes on a CPU) with\n"
+        f"  python -m prime_jax.sample_quality train-classifier --out={path}")
+  with open(path, "rb") as f:
+    tree = serialization.msgpack_restore(f.read())
+  return tree["params"], dict(tree["meta"])
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier_fn(width: int, return_features: bool):
+  import jax  # pylint: disable=g-import-not-at-top
+  from prime_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  model = classifier.ImageClassifier(features=width)
+  return jax.jit(lambda p, x: model.apply({"params": p}, x, return_features=return_features))
+
+
+def _classifier_apply(params, images, batch_size: int = 1000, *, return_features: bool = True):
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
+    raise ValueError(f"the classifier takes images of shape (N, 28, 28, 1), got {images.shape}")
+  fn = _classifier_fn(int(params["Dense_0"]["kernel"].shape[-1]), return_features)
+  batch_size = min(batch_size, len(images))
+  out = []
+  for start in range(0, len(images), batch_size):
+    part = images[start:start + batch_size]
+    padded = np.zeros((batch_size,) + images.shape[1:], images.dtype)
+    padded[:len(part)] = part
+    out.append(np.asarray(fn(params, padded))[:len(part)])
+  return np.concatenate(out)
+
+
+def classifier_features(params, images, batch_size: int = 1000) -> np.ndarray:
+  """Penultimate-layer features (N, D) of uint8 images (N, 28, 28, 1)."""
+  return _classifier_apply(params, images, batch_size, return_features=True)
+
+
+def reference_images(levels: int = 256) -> np.ndarray:
+  """Fashion-MNIST test images passed through `levels` grey levels, as the samples are."""
+  from prime_jax.data import embedded, images  # pylint: disable=g-import-not-at-top
+  x = embedded.fashion_mnist_local("validation")
+  return images.to_uint8(images.quantise(x, 256, levels), levels)
+
+
+def reference_statistics(classifier_path: str, levels: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Feature mean and covariance of the 10,000 test images, cached beside the classifier.
+
+  The cache name carries a digest of the classifier file, so retraining never reuses old stats.
+  """
+  with open(classifier_path, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  cache = f"{classifier_path}.test_stats_L{levels}_{digest}.npz"
+  if os.path.isfile(cache):
+    with np.load(cache) as z:
+      return z["mu"], z["sigma"]
+  params, _ = load_classifier(classifier_path)
+  mu, sigma = feature_statistics(classifier_features(params, reference_images(levels)))
+  tmp = cache + ".tmp.npz"
+  np.savez(tmp, mu=mu, sigma=sigma)
+  os.replace(tmp, cache)
+  return mu, sigma
+
+
+def fashion_fd(classifier_path: str, images, levels: int = 256) -> dict[str, Any]:
+  """Fréchet distance between uint8 images (N, 28, 28, 1) and the Fashion-MNIST test set.
+
+  Small N biases it upwards (the covariance is estimated from N samples): compare like with like.
+  """
+  params, meta = load_classifier(classifier_path)
+  mu, sigma = feature_statistics(classifier_features(params, images))
+  ref_mu, ref_sigma = reference_statistics(classifier_path, levels)
+  return {"fd_fashion_mnist": frechet_distance(mu, sigma, ref_mu, ref_sigma),
+          "fd_num_samples": len(images), "fd_classifier": classifier_path,
+          "fd_classifier_accuracy": meta.get("accuracy"),
+          "fd_reference": f"Fashion-MNIST test images (10,000) at {levels} levels"}
+
+
+# --- --mode=sample wiring. -----------------------------------------------------------------------
+
+def sample_metrics(config, run) -> Optional[Callable[[np.ndarray], dict[str, Any]]]:
+  """What config.sample asks to measure on samples of `run`: fn(tokens) -> figures, or None.
+
+  Loads and checks the scorer and classifier up front, so a bad setting fails before sampling.
+  """
+  s = config.sample
+  parts = []
+  if s.get("scorer_workdir", ""):
+    if run.info.kind != "text":
+      raise ValueError(f"config.sample.scorer_workdir is set but dataset {run.info.name!r} is "
+                       f"{run.info.kind}: generative perplexity is for text samples")
+    scorer = load_scorer(s.scorer_workdir, batch_size=s.batch_size)
+    check_scorer_fits(scorer.run, run, s.scorer_workdir)
+    reference = held_out_tokens(run, s.num_samples)
+    parts.append(lambda tokens: text_quality(scorer, tokens, reference,
+                                             batch_size=s.batch_size))
+  if s.get("fd_classifier", ""):
+    if run.info.name not in FASHION_MNIST_NAMES or tuple(run.example_shape) != (28, 28, 1):
+      raise ValueError(f"config.sample.fd_classifier is set but dataset {run.info.name!r} is not "
+                       f"Fashion-MNIST (one of {FASHION_MNIST_NAMES}): the classifier's "
+                       "reference statistics are of Fashion-MNIST test images")
+    levels = int(config.data.image_levels)
+    load_classifier(s.fd_classifier)
+    reference_statistics(s.fd_classifier, levels)
+    parts.append(lambda tokens: fashion_fd(
+        s.fd_classifier, np.stack([run.info.decode(x) for x in tokens]), levels))
+  if not parts:
+    return None
+  return lambda tokens: {k: v for part in parts for k, v in part(tokens).items()}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """CLI: `train-classifier [--out PATH]` and `fd --samples tokens.npy [--levels N]`."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog="python -m prime_jax.sample_quality",
+                                   description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  tr = sub.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier")
+  tr.add_argument("--out", default=DEFAULT_CLASSIFIER, help=f"default: {DEFAULT_CLASSIFIER}")
+  tr.add_argument("--steps", type=int, default=1500)
+  tr.add_argument("--batch_size", type=int, default=128)
+  tr.add_argument("--seed", type=int, default=0)
+  fd = sub.add_parser("fd", help="Fréchet distance of saved samples (tokens.npy) to the test set")
+  fd.add_argument("--samples", required=True, help="tokens.npy written by --mode=sample")
+  fd.add_argument("--levels", type=int, default=256, help="config.data.image_levels")
+  fd.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
+  args = parser.parse_args(argv)
+  if args.command == "train-classifier":
+    r = train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                         log_every=max(args.steps // 10, 1))
+    print(f"[classifier] test accuracy {r['accuracy']:.4f} after {r['steps']} steps "
+          f"({r['seconds']:.0f} s) -> {r['path']}")
+    return 0
+  from prime_jax.data import images  # pylint: disable=g-import-not-at-top
+  tokens = np.load(args.samples)
+  r = fashion_fd(args.classifier, images.to_uint8(tokens, args.levels), args.levels)
+  print(json.dumps(r, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
