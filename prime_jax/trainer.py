@@ -271,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     last = t.num_steps if until_step is None else min(until_step, t.num_steps)
     while step < last:
       batch = next(data_iter)
+      _check_token_range(batch["tokens"], run, step + 1)
       tokens = sharding.global_batch(batch["tokens"], batch_sharding)
       state, metrics = train_step(state, tokens)
       step += 1
@@ -304,20 +305,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           "skipped": int(state.skipped)}
 
 
+def _check_token_range(tokens: np.ndarray, run: Run, step: int) -> None:
+  """Ids outside [0, C) would silently wrap in the digit code; refuse them with the step."""
+  low, high = int(tokens.min()), int(tokens.max())
+  if low < 0 or high >= run.task.code.vocab_size:
+    raise ValueError(f"dataset {run.info.name!r} gave token ids in [{low}, {high}] at step {step}, "
+                     f"outside the vocabulary [0, {run.task.code.vocab_size})")
+
+
 def _check_finite(pending, t, state) -> None:
+  """Stops (or, under nan_policy='skip', tolerates up to max_skipped_steps) non-finite steps.
+
+  Uses the skip count returned with that step's metrics, not the state's later count.
+  """
+  del state
   step, metrics = pending
   if float(metrics["finite"]) == 1.0:
     return
+  skipped = int(metrics["skipped"])
   bad = {k: float(v) for k, v in jax.device_get(metrics).items() if not np.isfinite(float(v))}
   bad = bad or {"grad_norm": float(metrics["grad_norm"])}
-  if t.nan_policy == "skip" and int(state.skipped) <= t.max_skipped_steps:
+  if t.nan_policy == "skip" and skipped <= t.max_skipped_steps:
     print(f"[train] step {step}: non-finite {bad}; update skipped "
-          f"({int(state.skipped)}/{t.max_skipped_steps})", flush=True)
+          f"({skipped}/{t.max_skipped_steps})", flush=True)
     return
   raise NonFiniteError(
       f"non-finite value at step {step}: {bad}; the update was not applied and no checkpoint "
       f"of it was written (train.nan_policy={t.nan_policy!r}, skipped so far "
-      f"{int(state.skipped)}, train.max_skipped_steps={t.max_skipped_steps})")
+      f"{skipped}, train.max_skipped_steps={t.max_skipped_steps})")
 
 
 def _held_out(run: Run, state, step: int, writer, chief: bool) -> dict[str, float]:

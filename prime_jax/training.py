@@ -218,5 +218,6 @@ def train_step(task: Task, state: TrainState, tokens) -> tuple[TrainState, dict]
   new = _tree_where(finite, new, state)
   new = new.replace(step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32))
   metrics = {f"{k}_bits": v / LN2 for k, v in metrics.items()}
-  metrics.update(grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+  metrics.update(grad_norm=grad_norm, finite=finite.astype(jnp.float32),
+                 skipped=new.skipped.astype(jnp.float32))
   return new, metrics

@@ -275,8 +275,6 @@ def test_nan_skip_policy_skips_bad_updates_and_finishes(tmp_path, capsys):
     assert np.isfinite(leaf).all()
 
 
-@pytest.mark.xfail(strict=True, reason="trainer._check_finite compares the skip count of the "
-                   "state one step after the bad one, so the cap fires one step early")
 def test_nan_skip_cap_names_the_first_step_beyond_it(tmp_path):
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite value at step 3: .*"
                                                    r"train.max_skipped_steps=1"):

@@ -173,3 +173,12 @@ def test_resume_gives_identical_parameters_and_data_order(tmp_path):
   assert iterator_states[0] == iterator_states[1]
   rows = writers.read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [2, 4]
+
+
+def test_out_of_range_token_ids_from_the_data_are_refused():
+  run = trainer.prepare(tiny_config())
+  with pytest.raises(ValueError, match=r"token ids in \[-1, 5\] at step 7.*\[0, 256\)"):
+    trainer._check_token_range(np.array([[0, 5], [-1, 2]]), run, 7)
+  with pytest.raises(ValueError, match=r"token ids in \[0, 256\] at step 1"):
+    trainer._check_token_range(np.array([[0, 256]]), run, 1)
+  trainer._check_token_range(np.array([[0, 255]]), run, 1)
