@@ -17,7 +17,7 @@ def get_config(arg=None):
   c.optim.update(lr=1e-3, warmup_steps=50, lr_schedule="cosine", weight_decay=0.01,
                  ema_decay=0.99)
   c.train.update(batch_size=32, num_steps=args.steps, log_every=25, eval_every=200,
-                 eval_batches=4, checkpoint_every=200, sample_every=0)
+                 eval_batches=4, checkpoint_every=200, sample_every=300)
   c.eval.update(batch_size=32, num_batches=16, num_time_samples=4)
   c.sample.update(num_samples=8, batch_size=8, steps=128)
   config_lib.apply_variant(c, args)

@@ -457,3 +457,19 @@ def test_unet_bad_values_raise():
     model.init(key(0), jnp.zeros((1, 7, 8, 3, 2), jnp.int32), train=False)
   with pytest.raises(ValueError, match="image_channels=3"):
     model.init(key(0), jnp.zeros((1, 8, 8, 1, 2), jnp.int32), train=False)
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (1, 1)])
+def test_im2col_convolution_equals_lax_convolution(kernel, stride):
+  from prime_jax.models.unet import Conv2D
+  x = jax.random.normal(key(0), (2, 8, 8, 5))
+  conv = lambda impl: Conv2D(7, kernel, stride=stride, impl=impl)
+  variables = nn.meta.unbox(conv("lax").init(key(1), x))
+  variables = jax.tree.map(lambda v: v + jax.random.normal(key(2), v.shape), variables)
+  want = conv("lax").apply(variables, x)
+  got = conv("im2col").apply(variables, x)
+  assert got.shape == want.shape == (2, 8 // stride, 8 // stride, 7)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  grad = lambda impl: jax.grad(lambda v: (conv(impl).apply(v, x) ** 2).sum())(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+               grad("im2col"), grad("lax"))

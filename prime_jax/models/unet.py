@@ -29,14 +29,55 @@ CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
 conv_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 
 
+class Conv2D(nn.Module):
+  """A k×k convolution (cross-correlation, like nn.Conv) with ADM's symmetric padding k // 2.
+
+  XLA:CPU runs convolution gradients as slow generic loops, so on the CPU the convolution is an
+  im2col matmul (k·k shifted slices, one dot); elsewhere it is `lax.conv_general_dilated`.
+  `impl` = 'auto' | 'lax' | 'im2col'. Parameters are named and shaped as nn.Conv's.
+  """
+
+  features: int
+  kernel: int
+  stride: int = 1
+  zero: bool = False
+  impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    k, cin = self.kernel, x_BHWC.shape[-1]
+    kernel = self.param("kernel", logical(zeros_init if self.zero else conv_init, CONV_AXES),
+                        (k, k, cin, self.features), self.param_dtype)
+    bias = self.param("bias", logical(zeros_init, ("conv_out",)), (self.features,),
+                      self.param_dtype)
+    x, kernel = x_BHWC.astype(self.dtype), kernel.astype(self.dtype)
+    pad = k // 2
+    impl = self.impl
+    if impl == "auto":
+      impl = "im2col" if jax.default_backend() == "cpu" else "lax"
+    if impl == "lax":
+      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride),
+                                       ((pad, pad), (pad, pad)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+      xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      out_h = (x.shape[1] + 2 * pad - k) // self.stride + 1
+      out_w = (x.shape[2] + 2 * pad - k) // self.stride + 1
+      patches = [xp[:, i:i + self.stride * (out_h - 1) + 1:self.stride,
+                    j:j + self.stride * (out_w - 1) + 1:self.stride] for i in range(k)
+                 for j in range(k)]
+      cols = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+      y = cols @ kernel.reshape(k * k * cin, self.features)
+    return y + bias.astype(self.dtype)
+
+
 def _conv(features: int, kernel: int, *, dtype: Dtype, param_dtype: Dtype, stride: int = 1,
-          zero: bool = False, name: Optional[str] = None) -> nn.Conv:
+          zero: bool = False, name: Optional[str] = None) -> Conv2D:
   """Conv with ADM's symmetric padding (kernel // 2) and logically named parameters."""
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=param_dtype,
-                 kernel_init=logical(zeros_init if zero else conv_init, CONV_AXES),
-                 bias_init=logical(zeros_init, ("conv_out",)), name=name)
+  return Conv2D(features, kernel, stride=stride, zero=zero, dtype=dtype, param_dtype=param_dtype,
+                name=name)
 
 
 class GroupNorm(nn.Module):
