@@ -112,6 +112,8 @@ def collect_run(workdir: str, logs_dir: str, timings: list[dict[str, Any]]) -> d
         "num_calls": int(s["num_calls"]), "num_idle": int(s["num_idle"]),
         "num_invalid": int(s.get("num_invalid", 0)), "seconds": float(s["seconds"]),
         "digit_source": s["settings"].get("digit_source"),
+        "sampler": {k: s["settings"].get(k) for k in (
+            "grid", "draw_dtype", "top_p", "temperature", "cache_idle_steps", "carry_over")},
     }
     entry["idle_fraction"] = entry["num_idle"] / (entry["num_batches"]
                                                   * entry["num_steps_per_batch"])
@@ -230,11 +232,13 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]
     for s in r["samples"]:
       if "gen_ppl" in s:
         rows.append([r["name"], str(s["steps_T"]), str(s["num_samples"]), _num(s["gen_ppl"]),
-                     _num(s.get("unigram_entropy"), 3), "—"])
+                     _num(s.get("reference_gen_ppl")), _num(s.get("unigram_entropy"), 3),
+                     _num(s.get("reference_unigram_entropy"), 3), "—"])
       elif "fd_fashion_mnist" in s:
-        rows.append([r["name"], str(s["steps_T"]), str(s["num_samples"]), "—", "—",
+        rows.append([r["name"], str(s["steps_T"]), str(s["num_samples"]), "—", "—", "—", "—",
                      _num(s["fd_fashion_mnist"])])
-  out["quality"] = (["run", "sampling steps T", "samples", "gen-ppl", "unigram entropy (nats)",
+  out["quality"] = (["run", "sampling steps T", "samples", "gen-ppl", "gen-ppl of as many "
+                     "held-out sequences", "unigram entropy (nats)", "held-out unigram entropy",
                      "FD"], rows)
   rows = []
   for r in runs:
@@ -499,6 +503,9 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
       "",
       "## Sample quality vs sampling steps",
       "",
+      f"Sampler: {_sampler_line(results)}. The held-out columns score as many real held-out "
+      "sequences as there are samples with the same AR model.",
+      "",
       "<!-- table: quality -->",
       markdown_table(*t["quality"]),
       "",
@@ -562,6 +569,17 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
       "",
   ]
   return "\n".join(p for p in parts if p is not None) + "\n"
+
+
+def _sampler_line(results: dict[str, Any]) -> str:
+  """The sampler settings shared by the study's sample sets, from the first summary."""
+  for r in results["runs"].values():
+    for s in r["samples"]:
+      c = s["sampler"]
+      return (f"digit source `{s['digit_source']}`, {c['grid']} time grid, {c['draw_dtype']} "
+              f"draws, top-p {c['top_p']:g}, temperature {c['temperature']:g}, carry-over "
+              f"{c['carry_over']}, idle-step caching {c['cache_idle_steps']}")
+  return "no samples"
 
 
 def _findings(results: dict[str, Any]) -> list[str]:
