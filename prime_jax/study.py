@@ -498,8 +498,9 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
       markdown_table(*t["image"]),
       "",
       "FD: Fréchet distance on the features of the project's Fashion-MNIST classifier "
-      "(`prime_jax/sample_quality.py`), samples against the 10,000 test images; few samples "
-      "bias it upwards, so compare rows only at equal sample counts.",
+      f"(`prime_jax/sample_quality.py`{_classifier_note(results)}), samples against the "
+      "10,000 test images; few samples bias it upwards, so compare rows only at equal sample "
+      "counts. No real-image FD at the same sample count is measured here.",
       "",
       "## Sample quality vs sampling steps",
       "",
@@ -569,6 +570,14 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
       "",
   ]
   return "\n".join(p for p in parts if p is not None) + "\n"
+
+
+def _classifier_note(results: dict[str, Any]) -> str:
+  for r in results["runs"].values():
+    for s in r["samples"]:
+      if s.get("fd_classifier_accuracy") is not None:
+        return f"; test accuracy {s['fd_classifier_accuracy']:.4f}"
+  return ""
 
 
 def _sampler_line(results: dict[str, Any]) -> str:
