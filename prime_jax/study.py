@@ -515,7 +515,8 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
       "One sample per batch (a step is idle only if nothing in the batch is revealed). The "
       "formula column averages (1 - (α_s - α_t))^{ℓL} over the T + 1 steps actually taken "
       "(the last step fills every remaining mask); (1 - 1/L)^{ℓL} ≈ e^{-ℓ} is the paper's "
-      "headline form.",
+      "headline form. Which sub-tokens a step reveals depends only on the random seed, not "
+      "on the network, so runs with the same ℓ and seed show the same counts.",
       "",
       "<!-- table: idle -->",
       markdown_table(*t["idle"]),
@@ -641,7 +642,8 @@ def _findings(results: dict[str, Any]) -> list[str]:
       "",
       "What they do not show: this is one seed, a few minutes of CPU training per run "
       f"(size `{results['size']}`), tiny models far from convergence, and small held-out and "
-      "sample sets. Differences of a few standard errors between runs can change with a "
+      "sample sets. At this budget a lower bound can mean faster early training rather than a "
+      "better model at convergence. Differences of a few standard errors can change with a "
       "seed, a longer schedule or a larger model; the study says nothing about the paper's "
       "scale (OpenWebText, CIFAR-10, ImageNet-32). Generative perplexity is measured under a "
       "small AR model trained with the same budget, and the FD uses a small project classifier "
