@@ -472,7 +472,7 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
   parts = [
       "# Does partial masking help when the likelihood is measured correctly?",
       "",
-      f"Results file: `{results_path}` (size `{results['size']}`, commit "
+      f"Results file: `{results_path}` (size `{results['size']}`, collected at commit "
       f"`{results['commit']}`). Every number below is read from it; it was written by "
       "`launch/study.sh` through `python -m prime_jax.study`.",
       "",
