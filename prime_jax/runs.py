@@ -137,7 +137,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   result = draw(run, params, sconf, s.num_samples, s.batch_size, seed=config.seed + 3,
                 fixed_tokens=fixed_tokens, fixed_mask=fixed_mask, progress=True)
   files = write_samples(run, result, out_dir)
-  summary = {"checkpoint_step": step, "settings": dataclasses.asdict(sconf), "weights": "ema" if s.use_ema else "raw",
+  summary = {"checkpoint_step": step, "settings": dataclasses.asdict(sconf),
+             "weights": "ema" if s.use_ema else "raw",
              **{k: v for k, v in result.items() if k != "tokens"}, "files": files}
   if measure is not None:
     summary["quality"] = measure(result["tokens"])
