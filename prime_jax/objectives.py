@@ -54,9 +54,21 @@ def _carry_over_bias(code: PrimeCode, y) -> jax.Array:
 
 
 def restrict_logits(code: PrimeCode, logits, y) -> jax.Array:
-  """(..., C) float32 logits with carry-over applied: tokens inconsistent with y get NEG_INF."""
-  grid = grid_logits(code, logits, y)
-  return grid.reshape(grid.shape[:-code.length] + (-1,))[..., :code.vocab_size]
+  """(..., C) float32 logits with carry-over applied: tokens inconsistent with y get NEG_INF.
+
+  Works on the flat token axis (token c's digit j is (c // b^(ℓ-1-j)) % b, computed in the same
+  fused pass), so no padded copy of the logits is made.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  y = jnp.asarray(y)
+  tokens = jnp.arange(code.vocab_size)
+  bias = 0.0
+  for j in range(code.length):
+    digit_C = (tokens // code.base ** (code.length - 1 - j)) % code.base
+    y_j = y[..., j, None]
+    keep = (y_j == code.mask_value) | (y_j == digit_C)
+    bias = bias + jnp.where(keep, 0.0, NEG_INF)
+  return logits + bias
 
 
 def _flat(code: PrimeCode, grid) -> jax.Array:
