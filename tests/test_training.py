@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import tiny
 from prime_jax import config_lib, sharding, trainer, training, writers
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
@@ -19,15 +20,9 @@ def load_config(name, arg=""):
 
 
 def tiny_config(arg="", **train):
-  c = load_config("shakespeare", arg)
-  c.data.seq_len = 32
-  c.model.update(d_model=32, num_layers=1, num_heads=2, cond_dim=16)
-  c.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=0, checkpoint_every=2,
-                 async_checkpoint=False)
-  c.train.update(train)
-  c.eval.update(batch_size=8, num_batches=2, num_time_samples=2)
-  c.sample.update(batch_size=8, num_samples=8)
-  return c
+  """tests/tiny.py's config, four steps with synchronous checkpoints every two."""
+  train = {"num_steps": 4, "checkpoint_every": 2, "async_checkpoint": False, **train}
+  return tiny.config_from_arg(arg, **{f"train__{k}": v for k, v in train.items()})
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)

@@ -46,12 +46,9 @@ def env(devices: int, cache_dir: str | None = None) -> dict[str, str]:
 
 def config_from_arg(arg: str, **overrides):
   """configs/shakespeare.py:`arg` (a variant such as 'baseline=ar'), TINY and `overrides`."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "tiny_shakespeare_config", os.path.join(ROOT, "configs", "shakespeare.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(arg)
+  from prime_jax import config_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(ROOT, "configs", "shakespeare.py")
+  c = config_lib.load(f"{path}:{arg}" if arg else path)
   for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
     section, field = key.split(".")
     c[section][field] = value
