@@ -276,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, metrics = train_step(state, tokens)
       step += 1
       if pending is not None:
-        _check_finite(pending, t, state)
+        _check_finite(pending, t)
       pending = (step, metrics)
       if step % t.log_every == 0 or step == t.num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -291,12 +291,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step % t.checkpoint_every == 0 or step == last:
         checkpointing.save(manager, step, state, data_iter)
       if stop.requested(step):
-        _check_finite(pending, t, state)
+        _check_finite(pending, t)
         checkpointing.save(manager, step, state, data_iter, force=True)
         print(f"[train] signal {stop.signum}: saved step {step}; exiting", flush=True)
         break
     if pending is not None:
-      _check_finite(pending, t, state)
+      _check_finite(pending, t)
   finally:
     stop.uninstall()
     manager.wait_until_finished()
@@ -313,12 +313,11 @@ def _check_token_range(tokens: np.ndarray, run: Run, step: int) -> None:
                      f"outside the vocabulary [0, {run.task.code.vocab_size})")
 
 
-def _check_finite(pending, t, state) -> None:
+def _check_finite(pending, t) -> None:
   """Stops (or, under nan_policy='skip', tolerates up to max_skipped_steps) non-finite steps.
 
   Uses the skip count returned with that step's metrics, not the state's later count.
   """
-  del state
   step, metrics = pending
   if float(metrics["finite"]) == 1.0:
     return
