@@ -1,6 +1,6 @@
 """How long the training loop is blocked per checkpoint: asynchronous save vs a synchronous one.
 
-  python benchmarks/checkpoint.py [--repeats=3] [--skip_large]
+  python3 -m benchmarks.checkpoint [--repeats=3] [--skip_large]
 
 For the CPU default (configs/shakespeare.py) state and a ~100M-parameter state (the same
 transformer widened to D = 768, 14 blocks), both saved with the grain iterator exactly as the
@@ -16,28 +16,19 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
 
-if __name__ == "__main__":  # run as a script from a checkout: import the package beside it
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from prime_jax import checkpointing, data, trainer  # pylint: disable=wrong-import-position
+from prime_jax import checkpointing, config_lib, data, trainer
 
 
 def shakespeare_config(large: bool = False):
   """configs/shakespeare.py, or its ~100M-parameter widening with `large`."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location(
-      "shakespeare_config", os.path.join(root, "configs", "shakespeare.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("")
+  c = config_lib.load(os.path.join(root, "configs", "shakespeare.py"))
   if large:
     c.model.update(d_model=768, num_layers=14, num_heads=12, cond_dim=128)
   c.train.batch_size = len(jax.devices()) * (c.train.batch_size // len(jax.devices()) or 1)
