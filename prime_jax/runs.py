@@ -96,13 +96,11 @@ def _prefix(run: trainer.Run, batch: int):
   """(fixed_tokens, fixed_mask) from config.sample.prefix (text) or prefix_rows (images)."""
   s = run.config.sample
   if run.info.kind == "text" and s.prefix:
-    from prime_jax import data  # pylint: disable=g-import-not-at-top
     from prime_jax.data import registry  # pylint: disable=g-import-not-at-top
     tok = registry.make_tokenizer(registry.resolved(run.config.data))
     ids = np.asarray(tok.encode(s.prefix), np.int64)
-    if run.info.bos_id is not None and run.config.data.get("wrap", True) is not False:
-      ids = np.concatenate([[run.info.bos_id], ids])
-    del data
+    if run.info.bos_id is not None and run.info.eos_id is not None:
+      ids = np.concatenate([[run.info.bos_id], ids])  # Examples are framed BOS ... EOS.
     return sampling.condition_on_prefix(run.task.code, np.tile(ids, (batch, 1)),
                                         (batch,) + run.example_shape)
   rows = s.get("prefix_rows", 0)
