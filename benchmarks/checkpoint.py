@@ -5,7 +5,8 @@
 For the CPU default (configs/shakespeare.py) state and a ~100M-parameter state (the same
 transformer widened to D = 768, 14 blocks), both saved with the grain iterator exactly as the
 trainer saves them. Blocked time is the time inside `checkpointing.save` with async checkpointing
-(the loop waits only for that); the synchronous figure is the whole save. The background write
+(the loop waits only for that: in one process, an on-device copy of the state and the iterator
+state, the orbax save being handed to a worker thread); the synchronous figure is the whole save. The background write
 of an async save is waited for between saves, so each save starts with nothing in flight, as in
 a run whose checkpoint interval is longer than a write. Target: blocked < 10% of synchronous.
 """

@@ -5,32 +5,123 @@ one mesh restores onto another. A checkpoint that fails to restore (truncated, c
 reported in one line and the next older one is tried; when training restores an older one, the
 unreadable newer ones are moved to `<workdir>/unreadable_checkpoints/` so that it can save those
 steps again instead of failing on a step that already exists.
+
+With asynchronous saving in a single process, `Manager.save` only snapshots the state (one jitted
+on-device copy, for a moment one extra state in device memory) and the iterator state, and hands
+the orbax save to a worker thread: orbax's own synchronous part (per-array bookkeeping, the copy
+to host, starting its writer threads) then no longer blocks the training loop. Several processes
+call orbax directly, in the main thread, since orbax's barriers there are device collectives.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import time
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
 
-def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+class Manager:
+  """An orbax CheckpointManager whose asynchronous saves are handed to one worker thread.
+
+  Every other call first waits for the hand-off in flight, so orbax sees one caller at a time,
+  in order; an error raised by a handed-off save is raised there.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, hand_off: bool):
+    self.orbax = manager
+    self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prime_jax_save")
+                    if hand_off else None)
+    self._in_flight: Optional[concurrent.futures.Future] = None
+    self._submitted: Optional[int] = None
+
+  @property
+  def hands_off(self) -> bool:
+    return self._worker is not None
+
+  @property
+  def directory(self) -> epath.Path:
+    return self.orbax.directory
+
+  def _drain(self) -> None:
+    future, self._in_flight = self._in_flight, None
+    if future is not None:
+      future.result()
+
+  def latest_step(self) -> Optional[int]:
+    self._drain()
+    return self.orbax.latest_step()
+
+  def all_steps(self) -> list[int]:
+    self._drain()
+    return list(self.orbax.all_steps())
+
+  def restore(self, step: int, args: Any) -> Any:
+    self._drain()
+    return self.orbax.restore(step, args=args)
+
+  def reload(self) -> None:
+    self._drain()
+    self.orbax.reload()
+
+  def wait_until_finished(self) -> None:
+    """Returns once every save started so far is complete on disk."""
+    self._drain()
+    self.orbax.wait_until_finished()
+
+  def close(self) -> None:
+    try:
+      self.wait_until_finished()
+    finally:
+      if self._worker is not None:
+        self._worker.shutdown(wait=True)
+      self.orbax.close()
+
+  def save(self, step: int, items: dict[str, Any], force: bool) -> bool:
+    """Saves `items` (orbax args); handed off, it returns before orbax has seen them."""
+    if self._worker is None:
+      return self.orbax.save(step, args=ocp.args.Composite(**items), force=force)
+    self._drain()
+    self._in_flight = self._worker.submit(
+        lambda: self.orbax.save(step, args=ocp.args.Composite(**items), force=force))
+    return True
+
+
+class _IteratorSnapshot:
+  """A grain DataLoader iterator's state, frozen when the save was asked for."""
+
+  def __init__(self, state: bytes):
+    self._state = state
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+@jax.jit
+def _snapshot(state: Any) -> Any:
+  """A copy of every array, so that a later donating step cannot free what is being saved."""
+  return jax.tree.map(jnp.copy, state)
+
+
+def make_manager(workdir: str, config: ml_collections.ConfigDict) -> Manager:
   """Keeps the last `train.keep_last` checkpoints plus every `train.keep_every`-th step."""
   t = config.train
   options = ocp.CheckpointManagerOptions(
       max_to_keep=t.keep_last, keep_period=t.keep_every or None, create=True,
       enable_async_checkpointing=t.async_checkpoint)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=("state", "data"))
+  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                  options=options, item_names=("state", "data"))
+  return Manager(manager, hand_off=bool(t.async_checkpoint) and jax.process_count() == 1)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any = None,
+def save(manager: Manager, step: int, state: Any, data_iterator: Any = None,
          force: bool = False) -> bool:
   """Starts saving (asynchronously when configured); returns whether a save was started.
 
@@ -39,10 +130,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: A
   import grain  # pylint: disable=g-import-not-at-top
   if manager.latest_step() == step:
     return False
+  if manager.hands_off:
+    state = _snapshot(state)
+    if data_iterator is not None:
+      data_iterator = _IteratorSnapshot(data_iterator.get_state())
   items = {"state": ocp.args.StandardSave(state)}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+  return manager.save(step, items, force)
 
 
 def abstract_like(state: Any) -> Any:
@@ -52,7 +147,7 @@ def abstract_like(state: Any) -> Any:
       state)
 
 
-def restore_latest(manager: ocp.CheckpointManager, target_state: Any,
+def restore_latest(manager: Manager, target_state: Any,
                    data_iterator: Any = None, step: Optional[int] = None,
                    set_aside_unreadable: bool = False) -> tuple[Optional[int], Any]:
   """(step, state) of the newest checkpoint that restores, or (None, None) when there is none.
@@ -74,7 +169,7 @@ def restore_latest(manager: ocp.CheckpointManager, target_state: Any,
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = manager.restore(s, args=ocp.args.Composite(**items))
+      restored = manager.restore(s, ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one",
                       s, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
@@ -92,7 +187,7 @@ def restore_latest(manager: ocp.CheckpointManager, target_state: Any,
   return None, None
 
 
-def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+def _set_aside(manager: Manager, steps: list[int]) -> None:
   """Moves unreadable step directories out of the manager's way (kept for inspection)."""
   root = os.path.dirname(os.path.abspath(str(manager.directory)))
   if jax.process_index() == 0:

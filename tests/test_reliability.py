@@ -437,3 +437,48 @@ def test_eval_and_sample_without_the_checkpoint_asked_for(trained, tmp_path):
     runs.sample(_ckpt_config(sample__checkpoint_step=7), trained)
   with pytest.raises(ValueError, match="the causal baseline scores samples"):
     runs.sample(tiny.config_from_arg("baseline=ar"), trained)
+
+
+def test_a_handed_off_save_holds_the_state_and_iterator_of_the_moment_it_was_asked_for(tmp_path):
+  """The loop goes on at once (donating the state, drawing batches); the checkpoint must not."""
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  c = _ckpt_config(train__async_checkpoint=True)
+  run = trainer.prepare(c)
+  state = trainer.init_state(run, 0)
+  expected = jax.device_get(state)
+  loader = data.make_loader(c.data, "train", batch_size=4, seed=0, shuffle=True, num_epochs=None)
+  iterator = iter(loader)
+  next(iterator)
+  saved_iterator_state = iterator.get_state()
+  manager = checkpointing.make_manager(str(tmp_path / "run"), c)
+  assert manager.hands_off
+  assert checkpointing.save(manager, 1, state, iterator)
+  bump = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+  for _ in range(3):
+    state = bump(state)
+    next(iterator)
+  manager.close()
+
+  fresh = iter(loader)
+  manager = checkpointing.make_manager(str(tmp_path / "run"), c)
+  step, restored = checkpointing.restore_latest(manager, trainer.init_state(run, 1), fresh)
+  manager.close()
+  assert step == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), expected)
+  assert fresh.get_state() == saved_iterator_state
+
+
+def test_an_error_in_a_handed_off_save_is_raised_by_the_next_call(tmp_path, monkeypatch):
+  c = _ckpt_config(train__async_checkpoint=True)
+  state = trainer.init_state(trainer.prepare(c), 0)
+  manager = checkpointing.make_manager(str(tmp_path / "run"), c)
+
+  def disk_full(*args, **kwargs):
+    raise OSError("No space left on device")
+
+  monkeypatch.setattr(manager.orbax, "save", disk_full)
+  assert checkpointing.save(manager, 1, state)  # Returns before orbax is called ...
+  with pytest.raises(OSError, match="No space left"):  # ... and the failure is not lost.
+    manager.wait_until_finished()
+  monkeypatch.undo()
+  manager.close()
