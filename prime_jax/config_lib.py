@@ -66,7 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
       time_warp=(),
       # Sample quality: a causal-baseline workdir that scores text samples (generative
       # perplexity), and a Fashion-MNIST classifier file for the Fréchet distance ("" = off).
-      scorer_workdir="", fd_classifier=""))
+      scorer_workdir="", fd_classifier="",
+      # FID: pytorch-fid's pt_inception-2015-12-05-6726825d.pth ("" = off), and the reference:
+      # a pytorch-fid .npz (mu, sigma) or a split of the dataset whose first
+      # inception_reference_examples images (0 = all) give statistics cached beside the weights.
+      inception_weights="", inception_reference="train", inception_reference_examples=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.distributed = ml_collections.ConfigDict(dict(
@@ -149,6 +153,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _fail("train.batch_size", t.batch_size,
           f"a multiple of data×fsdp = {batch_shards} (times optim.grad_accum_steps) "
           f"for the mesh {dict(zip(('data', 'fsdp', 'tensor'), mesh_shape))}")
+  examples = config.sample.get("inception_reference_examples", 0)
+  if not isinstance(examples, int) or examples < 0:
+    _fail("sample.inception_reference_examples", examples,
+          "a non-negative integer (0 = every image of the reference split)")
   for section, field in (("eval", "batch_size"), ("sample", "batch_size")):
     value = config[section][field]
     if not isinstance(value, int) or value < 1 or value % batch_shards:

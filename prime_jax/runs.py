@@ -158,6 +158,9 @@ def _quality_line(q: dict[str, Any]) -> str:
                  f"(real data {q.get('reference_unigram_entropy', nan):.3f})")
   if "fd_fashion_mnist" in q:
     parts.append(f"Fashion-MNIST FD {q['fd_fashion_mnist']:.3f} ({q['fd_num_samples']} samples)")
+  if "fid" in q:
+    parts.append(f"FID {q['fid']:.3f} ({q['fid_num_samples']} samples against "
+                 f"{q['fid_reference']})")
   return "; ".join(parts)
 
 

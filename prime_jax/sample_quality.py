@@ -4,7 +4,9 @@
   (the causal baseline, `load_scorer(workdir)`), with the samples' unigram entropy beside it.
 * Images: a Fréchet distance on the penultimate features of a small Fashion-MNIST classifier that
   the project trains itself (`python -m prime_jax.sample_quality train-classifier`), usable offline.
-  FID with Inception features is not implemented.
+* Images: FID, the Fréchet distance on the pool3 features of the FID Inception network, from the
+  PyTorch weights file that pytorch-fid uses (INCEPTION_WEIGHTS_URL; read without torch), against
+  a pytorch-fid `.npz` of reference statistics or the dataset's own images.
 * `sample_metrics(config, run)` wires these into `--mode=sample`.
 """
 
@@ -26,6 +28,10 @@ DEFAULT_CLASSIFIER = os.path.join(
     os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
     "prime_jax", "fmnist_classifier.msgpack")
 FASHION_MNIST_NAMES = ("fashion_mnist_local", "fashion_mnist")
+INCEPTION_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                         "pt_inception-2015-12-05-6726825d.pth")
+INCEPTION_SHA256_PREFIX = "6726825d"
+INCEPTION_BATCH = 50  # pytorch-fid's default batch.
 
 
 def generative_perplexity(log_prob_fn: Callable[[np.ndarray], np.ndarray], tokens,
@@ -70,15 +76,23 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(0), np.cov(features, rowvar=False)
 
 
+def _drop_round_off(eigval: np.ndarray) -> np.ndarray:
+  """Eigenvalues below the rank tolerance (D·eps·largest) set to 0: for covariances of N < D
+  samples their square roots would otherwise add up to visible noise."""
+  tol = max(float(eigval.max(initial=0.0)), 0.0) * len(eigval) * np.finfo(np.float64).eps
+  return np.where(eigval > tol, eigval, 0.0)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
   eigval, eigvec = np.linalg.eigh((matrix + matrix.T) / 2)
-  return (eigvec * np.sqrt(np.clip(eigval, 0.0, None))) @ eigvec.T
+  return (eigvec * np.sqrt(_drop_round_off(eigval))) @ eigvec.T
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """||μ1 - μ2||² + tr(Σ1 + Σ2 - 2 (Σ1^½ Σ2 Σ1^½)^½): the Fréchet distance of two Gaussians.
 
-  tr((Σ1 Σ2)^½) is taken through the symmetric form, so only symmetric eigen-solves are needed.
+  tr((Σ1 Σ2)^½) is taken through the symmetric form, so only symmetric eigen-solves are needed;
+  eigenvalues within round-off of zero count as zero, so identical statistics give 0.
   """
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1 = np.atleast_2d(sigma1).astype(np.float64)
@@ -87,7 +101,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     raise ValueError(f"mismatched shapes: {mu1.shape}, {mu2.shape}, {sigma1.shape}, {sigma2.shape}")
   root1 = _psd_sqrt(sigma1)
   middle = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
-  trace_sqrt = np.sqrt(np.clip(middle, 0.0, None)).sum()
+  trace_sqrt = np.sqrt(_drop_round_off(middle)).sum()
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
@@ -376,12 +390,155 @@ def fashion_fd(classifier_path: str, images, levels: int = 256) -> dict[str, Any
           "fd_reference": f"Fashion-MNIST test images (10,000) at {levels} levels"}
 
 
+# --- FID: the Fréchet distance on the FID Inception network's pool3 features. -------------------
+
+def _missing_weights(path: str, field: str = "the Inception weights") -> FileNotFoundError:
+  return FileNotFoundError(
+      f"{field}: {path} does not exist; download pytorch-fid's FID Inception weights (sha256 "
+      f"{INCEPTION_SHA256_PREFIX}...) once, on a machine with internet:\n  {INCEPTION_WEIGHTS_URL}")
+
+
+@functools.lru_cache(maxsize=2)
+def _inception_variables(path: str, mtime_ns: int, size: int):
+  del mtime_ns, size  # Cache keys: a rewritten file is read again.
+  import jax  # pylint: disable=g-import-not-at-top
+  from prime_jax import torch_state  # pylint: disable=g-import-not-at-top
+  from prime_jax.models import inception  # pylint: disable=g-import-not-at-top
+  variables = inception.variables_from_torch(torch_state.load_state_dict(path), source=path)
+  return jax.device_put(variables)
+
+
+def load_inception(path: str):
+  """The Flax variables of the FID Inception from pytorch-fid's weights file (cached per file).
+
+  A missing file names the download; an unreadable or different file raises ValueError.
+  """
+  if not os.path.isfile(path):
+    raise _missing_weights(path)
+  stat = os.stat(path)
+  return _inception_variables(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _inception_fn():
+  import jax  # pylint: disable=g-import-not-at-top
+  from prime_jax.models import inception  # pylint: disable=g-import-not-at-top
+  model = inception.InceptionV3()
+  return jax.jit(lambda v, x: model.apply(v, x.astype("float32") / 255.0))
+
+
+def inception_features(weights_path: str, images_uint8,
+                       batch_size: int = INCEPTION_BATCH) -> np.ndarray:
+  """pool3 features (N, 2048) of uint8 images (N, H, W, 1 or 3), as pytorch-fid computes them.
+
+  Grey images are repeated to three channels. Batches are padded to `batch_size`, so each image
+  size compiles once.
+  """
+  variables = load_inception(weights_path)
+  images = np.asarray(images_uint8)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+    raise ValueError("Inception features take uint8 images of shape (N, H, W, 1 or 3), got "
+                     f"{images.dtype} {images.shape}")
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  fn = _inception_fn()
+  batch_size = max(1, min(batch_size, len(images)))
+  out = []
+  for start in range(0, len(images), batch_size):
+    part = images[start:start + batch_size]
+    padded = np.zeros((batch_size,) + images.shape[1:], np.uint8)
+    padded[:len(part)] = part
+    out.append(np.asarray(fn(variables, padded))[:len(part)])
+  return np.concatenate(out) if out else np.zeros((0, 2048), np.float32)
+
+
+def load_fid_statistics(path: str,
+                        field: str = "reference statistics") -> tuple[np.ndarray, np.ndarray]:
+  """mu (2048,) and sigma (2048, 2048) from a pytorch-fid style .npz; errors name `field`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{field}: {path} does not exist")
+  try:
+    with np.load(path) as z:
+      stats = {k: z[k] for k in z.files}
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{field}: {path} is not a readable .npz file ({e})") from e
+  if "mu" not in stats or "sigma" not in stats:
+    raise ValueError(f"{field}: {path} holds {sorted(stats)}; expected arrays 'mu' (2048,) and "
+                     "'sigma' (2048, 2048), as pytorch-fid saves them")
+  mu, sigma = np.asarray(stats["mu"], np.float64), np.asarray(stats["sigma"], np.float64)
+  if mu.shape != (2048,) or sigma.shape != (2048, 2048):
+    raise ValueError(f"{field}: {path} has mu {mu.shape} and sigma {sigma.shape}; expected "
+                     "(2048,) and (2048, 2048), the pool3 features' mean and covariance")
+  return mu, sigma
+
+
+def _file_digest(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def dataset_images(data_config, split: str, num: int = 0, batch_size: int = 256) -> np.ndarray:
+  """uint8 images (N, H, W, C) of a split of an image dataset (the first `num`; 0 = all), at the
+  config's image_levels, as the project's loader serves them."""
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  info = data.dataset_info(data_config)
+  if info.kind != "image":
+    raise ValueError(f"dataset {info.name!r} is {info.kind}, not images")
+  loader = data.make_loader(data_config, split, batch_size=min(batch_size, num or batch_size),
+                            shuffle=False, num_epochs=1, drop_remainder=False)
+  rows, have = [], 0
+  for batch in loader:
+    rows.append(info.decode(np.asarray(batch["tokens"])))
+    have += len(rows[-1])
+    if num and have >= num:
+      break
+  images = np.concatenate(rows)
+  return images[:num] if num else images
+
+
+def inception_reference_statistics(
+    weights_path: str, data_config, split: str = "train", num: int = 0,
+    batch_size: int = INCEPTION_BATCH) -> tuple[np.ndarray, np.ndarray]:
+  """Inception feature mean and covariance of a split's images, cached beside the weights.
+
+  The cache (a pytorch-fid style .npz) is named after the dataset, split, levels, count and a
+  digest of the weights file, so other weights never reuse it.
+  """
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  info = data.dataset_info(data_config)
+  levels = info.vocab_size
+  digest = _file_digest(weights_path)[:16]
+  cache = f"{weights_path}.{info.name}_{split}_L{levels}_N{num or 'all'}_{digest}.npz"
+  if os.path.isfile(cache):
+    return load_fid_statistics(cache, "cached reference statistics")
+  images = dataset_images(data_config, split, num)
+  mu, sigma = feature_statistics(inception_features(weights_path, images, batch_size))
+  tmp = cache + ".tmp.npz"
+  np.savez(tmp, mu=mu, sigma=sigma)
+  os.replace(tmp, cache)
+  return mu, sigma
+
+
+def fid(weights_path: str, images_uint8, reference: tuple[np.ndarray, np.ndarray],
+        batch_size: int = INCEPTION_BATCH) -> float:
+  """FID of uint8 images (N, H, W, C) against reference (mu, sigma) of pool3 features.
+
+  Like any Fréchet distance it is biased upwards for small N: compare figures of equal N.
+  """
+  mu, sigma = feature_statistics(inception_features(weights_path, images_uint8, batch_size))
+  return frechet_distance(mu, sigma, *reference)
+
+
 # --- --mode=sample wiring. -----------------------------------------------------------------------
 
 def sample_metrics(config, run) -> Optional[Callable[[np.ndarray], dict[str, Any]]]:
   """What config.sample asks to measure on samples of `run`: fn(tokens) -> figures, or None.
 
-  Loads and checks the scorer and classifier up front, so a bad setting fails before sampling.
+  Loads and checks the scorer, the classifier and the Inception weights (with FID's reference
+  statistics) up front, so a bad setting fails before sampling.
   """
   s = config.sample
   parts = []
@@ -404,13 +561,51 @@ def sample_metrics(config, run) -> Optional[Callable[[np.ndarray], dict[str, Any
     reference_statistics(s.fd_classifier, levels)
     parts.append(lambda tokens: fashion_fd(
         s.fd_classifier, np.stack([run.info.decode(x) for x in tokens]), levels))
+  if s.get("inception_weights", ""):
+    parts.append(_fid_metric(s, run))
   if not parts:
     return None
   return lambda tokens: {k: v for part in parts for k, v in part(tokens).items()}
 
 
+def _fid_metric(s, run) -> Callable[[np.ndarray], dict[str, Any]]:
+  """Checks config.sample's Inception settings and gets the reference statistics up front."""
+  weights = s.inception_weights
+  field = f"config.sample.inception_weights={weights!r}"
+  if run.info.kind != "image":
+    raise ValueError(f"config.sample.inception_weights is set but dataset {run.info.name!r} is "
+                     f"{run.info.kind}: FID is for image samples")
+  if not os.path.isfile(weights):
+    raise _missing_weights(weights, field)
+  try:
+    load_inception(weights)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{field} cannot be used: {e}") from e
+  ref = s.get("inception_reference", "train")
+  if ref.endswith(".npz"):
+    reference = load_fid_statistics(ref, f"config.sample.inception_reference={ref!r}")
+    described = ref
+  elif ref in run.info.splits:
+    num = int(s.get("inception_reference_examples", 0))
+    reference = inception_reference_statistics(weights, run.config.data, ref, num,
+                                               INCEPTION_BATCH)
+    described = (f"{run.info.name} {ref} split ({num or 'all'} images) at "
+                 f"{run.info.vocab_size} levels")
+  else:
+    raise ValueError(f"config.sample.inception_reference={ref!r} is invalid: expected a .npz of "
+                     f"pytorch-fid statistics (mu, sigma) or a split of {run.info.name!r}, one "
+                     f"of {run.info.splits}")
+
+  def measure(tokens):
+    images = run.info.decode(np.asarray(tokens))
+    return {"fid": fid(weights, images, reference, INCEPTION_BATCH),
+            "fid_num_samples": len(images), "fid_weights": weights, "fid_reference": described}
+  return measure
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-  """CLI: `train-classifier [--out PATH]` and `fd --samples tokens.npy [--levels N]`."""
+  """CLI: `train-classifier [--out PATH]`, `fd --samples tokens.npy [--levels N]` and
+  `fid --samples tokens.npy --weights FILE [--reference stats.npz | --dataset NAME]`."""
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="python -m prime_jax.sample_quality",
                                    description=__doc__.splitlines()[0])
@@ -424,7 +619,21 @@ def main(argv: Optional[list[str]] = None) -> int:
   fd.add_argument("--samples", required=True, help="tokens.npy written by --mode=sample")
   fd.add_argument("--levels", type=int, default=256, help="config.data.image_levels")
   fd.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
+  fi = sub.add_parser("fid", help="FID of saved samples (tokens.npy) with Inception features")
+  fi.add_argument("--samples", required=True, help="tokens.npy written by --mode=sample")
+  fi.add_argument("--weights", required=True,
+                  help=f"pt_inception-2015-12-05-{INCEPTION_SHA256_PREFIX}.pth from "
+                       f"{INCEPTION_WEIGHTS_URL}")
+  fi.add_argument("--reference", default="",
+                  help="a pytorch-fid .npz with mu and sigma; else --dataset's images")
+  fi.add_argument("--dataset", default="", help="image dataset whose images give the reference")
+  fi.add_argument("--split", default="train", help="its split (default: train)")
+  fi.add_argument("--reference_examples", type=int, default=0, help="0 = the whole split")
+  fi.add_argument("--levels", type=int, default=256, help="config.data.image_levels")
+  fi.add_argument("--batch_size", type=int, default=INCEPTION_BATCH)
   args = parser.parse_args(argv)
+  if args.command == "fid":
+    return _fid_command(args)
   if args.command == "train-classifier":
     r = train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                          log_every=max(args.steps // 10, 1))
@@ -434,6 +643,30 @@ def main(argv: Optional[list[str]] = None) -> int:
   from prime_jax.data import images  # pylint: disable=g-import-not-at-top
   tokens = np.load(args.samples)
   r = fashion_fd(args.classifier, images.to_uint8(tokens, args.levels), args.levels)
+  print(json.dumps(r, indent=1))
+  return 0
+
+
+def _fid_command(args) -> int:
+  from prime_jax import data  # pylint: disable=g-import-not-at-top
+  from prime_jax.data import images  # pylint: disable=g-import-not-at-top
+  if bool(args.reference) == bool(args.dataset):
+    raise SystemExit("fid: give exactly one of --reference stats.npz and --dataset NAME")
+  load_inception(args.weights)
+  if args.reference:
+    reference = load_fid_statistics(args.reference, "--reference")
+    described = args.reference
+  else:
+    config = data.default_config(args.dataset, image_levels=args.levels)
+    reference = inception_reference_statistics(args.weights, config, args.split,
+                                               args.reference_examples, args.batch_size)
+    described = (f"{args.dataset} {args.split} split ({args.reference_examples or 'all'} images) "
+                 f"at {args.levels} levels")
+  samples = images.to_uint8(np.load(args.samples), args.levels)
+  if samples.ndim == 3:
+    samples = samples[..., None]
+  r = {"fid": fid(args.weights, samples, reference, args.batch_size),
+       "fid_num_samples": len(samples), "fid_weights": args.weights, "fid_reference": described}
   print(json.dumps(r, indent=1))
   return 0
 
