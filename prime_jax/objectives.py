@@ -9,6 +9,7 @@ Nothing of shape (..., C, ℓ) is formed. Losses are per token, already multipli
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,35 +41,37 @@ def grid_logits(code: PrimeCode, logits, y=None) -> jax.Array:
   return grid + _carry_over_bias(code, y)
 
 
-def _carry_over_bias(code: PrimeCode, y) -> jax.Array:
-  """Sum over digits j of a bias broadcast along grid axis j: NEG_INF where a visible digit differs."""
+def digit_biases(code: PrimeCode, y) -> list[jax.Array]:
+  """Per digit j, (..., n_j) over its values (n_j from grid_shape): 0 where the value agrees with
+  y (..., ℓ) — every value agrees with a masked digit — and NEG_INF elsewhere (carry-over)."""
   y = jnp.asarray(y)
-  lead = y.shape[:-1]
+  return [jnp.where((y[..., j, None] == code.mask_value) | (y[..., j, None] == jnp.arange(size)),
+                    0.0, NEG_INF) for j, size in enumerate(code.grid_shape)]
+
+
+def _carry_over_bias(code: PrimeCode, y) -> jax.Array:
+  """Σ over digits j of `digit_biases` j broadcast along grid axis j."""
+  lead = jnp.shape(y)[:-1]
   bias = 0.0
-  for j, size in enumerate(code.grid_shape):
-    y_j = y[..., j, None]
-    keep = (y_j == code.mask_value) | (y_j == jnp.arange(size))  # (..., size)
-    shape = lead + (1,) * j + (size,) + (1,) * (code.length - 1 - j)
-    bias = bias + jnp.where(keep, 0.0, NEG_INF).reshape(shape)
+  for j, bias_j in enumerate(digit_biases(code, y)):
+    bias = bias + bias_j.reshape(lead + (1,) * j + (-1,) + (1,) * (code.length - 1 - j))
+  return bias
+
+
+def consistent_bias(code: PrimeCode, y, digits: Sequence[int]) -> jax.Array:
+  """(..., Π n_j) over the listed digits' values in row-major order: the outer sum of their
+  `digit_biases`, for a block view of the digit grid (leading digits × trailing digits)."""
+  per_digit = digit_biases(code, y)
+  bias = jnp.zeros(jnp.shape(y)[:-1] + (1,), jnp.float32)
+  for j in digits:
+    bias = (bias[..., :, None] + per_digit[j][..., None, :]).reshape(bias.shape[:-1] + (-1,))
   return bias
 
 
 def restrict_logits(code: PrimeCode, logits, y) -> jax.Array:
-  """(..., C) float32 logits with carry-over applied: tokens inconsistent with y get NEG_INF.
-
-  Works on the flat token axis (token c's digit j is (c // b^(ℓ-1-j)) % b, computed in the same
-  fused pass), so no padded copy of the logits is made.
-  """
-  logits = jnp.asarray(logits, jnp.float32)
-  y = jnp.asarray(y)
-  tokens = jnp.arange(code.vocab_size)
-  bias = 0.0
-  for j in range(code.length):
-    digit_C = (tokens // code.base ** (code.length - 1 - j)) % code.base
-    y_j = y[..., j, None]
-    keep = (y_j == code.mask_value) | (y_j == digit_C)
-    bias = bias + jnp.where(keep, 0.0, NEG_INF)
-  return logits + bias
+  """(..., C) float32 logits with carry-over applied: tokens inconsistent with y get NEG_INF."""
+  bias = consistent_bias(code, y, range(code.length))[..., :code.vocab_size]
+  return jnp.asarray(logits, jnp.float32) + bias
 
 
 def _flat(code: PrimeCode, grid) -> jax.Array:

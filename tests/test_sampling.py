@@ -385,6 +385,51 @@ def test_gumbel_draws_follow_probabilities_in_both_precisions():
     assert stat < _chi2_critical(df)
 
 
+def test_two_level_race_follows_probabilities(monkeypatch):
+  """Past FLAT_RACE_MAX entries the race picks a block by its mass, then an entry: same law."""
+  monkeypatch.setattr(sampling, "FLAT_RACE_MAX", 8)  # 37 entries race as 6 blocks of 7.
+  probs = np.random.default_rng(3).dirichlet(np.full(37, 0.7))
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (40000, 37))
+  draws = np.asarray(sampling.gumbel_argmax(jax.random.key(6), logits))
+  stat, df = _chi2(np.bincount(draws, minlength=37), probs)
+  assert stat < _chi2_critical(df)
+
+
+def _restricted(code, probs, y):
+  """The joint sampler's target: probs restricted to the tokens whose digits agree with y."""
+  digits = code.digit_table()
+  ok = ((y == code.mask_value) | (digits == y)).all(-1)
+  return np.where(ok, probs, 0.0) / np.where(ok, probs, 0.0).sum()
+
+
+@pytest.mark.parametrize("vocab,visible", [(37, (-1, 2, -1)), (37, (1, -1, -1)), (37, (1, -1, 3)),
+                                           (37, (-1, -1, 1)), (50, (-1, 3)), (50, (4, -1)),
+                                           (37, (-1,))])
+def test_joint_draws_follow_the_distribution_restricted_to_visible_digits(vocab, visible):
+  """The joint draw works on blocks of the digit grid with carry-over as per-axis biases."""
+  code = PrimeCode(vocab, len(visible))  # ℓ=3: grid (3, 4, 4) as 12 blocks × 4; ℓ=2: (7, 8).
+  ell = code.length
+  y = np.where(np.asarray(visible) < 0, code.mask_value, visible)
+  probs = np.random.default_rng(4).dirichlet(np.full(vocab, 0.8))
+  target = _restricted(code, probs, y)
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (40000, vocab))
+  y_B = jnp.broadcast_to(jnp.asarray(y, jnp.int32), (40000, ell))
+  for top_p in (1.0, 0.8):
+    digits = sampling.draw_digits(jax.random.key(7), code, logits, y_B, 1.0,
+                                  digit_source="joint", carry_over=True, top_p=top_p)
+    counts = np.bincount(np.asarray(code.decode(digits)), minlength=vocab)
+    expected = target
+    if top_p < 1.0:
+      order = np.argsort(-target)
+      size = int((np.cumsum(target[order]) < top_p).sum()) + 1
+      expected = np.zeros(vocab)
+      expected[order[:size]] = target[order[:size]]
+      expected /= expected.sum()
+    assert counts[expected == 0].sum() == 0, (top_p, np.nonzero(counts * (expected == 0)))
+    stat, df = _chi2(counts, expected)
+    assert df == 0 or stat < _chi2_critical(df), (top_p, stat, df)
+
+
 def test_time_grids_and_step_constants():
   uniform = sampling.time_grid(sampling.SamplerConfig(num_steps=4, t_min=0.1))
   np.testing.assert_allclose(uniform, [1.0, 0.775, 0.55, 0.325, 0.1])
