@@ -56,7 +56,8 @@ def bench_length(args, ell: int) -> dict:
   row = {"ell": ell, "base": code.base, "d_model": d_model, "forward_ms": 1e3 * forward_s}
   for cache in (True, False):
     config = sampling.SamplerConfig(num_steps=args.seq_len, digit_source=args.digit_source,
-                                    top_p=args.top_p, cache_idle_steps=cache)
+                                    top_p=args.top_p, cache_idle_steps=cache,
+                                    draw_slots=args.draw_slots)
     fn = sampling.make_sample_fn(apply_fn, code, schedule, shape, config, time_agnostic=True)
     calls, walls = [], []
     for seed in range(args.repeats):
@@ -87,7 +88,8 @@ def bench_length(args, ell: int) -> dict:
   row["idle_e^-l"] = float(np.exp(-ell * args.batch))
   fixed = jax.device_put(logits)
   config = sampling.SamplerConfig(num_steps=args.seq_len, digit_source=args.digit_source,
-                                  top_p=args.top_p, cache_idle_steps=False)
+                                  top_p=args.top_p, cache_idle_steps=False,
+                                  draw_slots=args.draw_slots)
   free = sampling.make_sample_fn(lambda p, y, t: p, code, schedule, shape, config,
                                  time_agnostic=True)
   free_s, _ = _timed(free, fixed, jax.random.key(0), repeats=args.repeats)
@@ -107,6 +109,8 @@ def main():
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--digit_source", default="joint")
   parser.add_argument("--top_p", type=float, default=0.95)
+  parser.add_argument("--draw_slots", type=int, default=None,
+                      help="positions drawn at a time (default: the sampler's choice; 0: all)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--count_runs", type=int, default=200, help="runs for the call counts")
   parser.add_argument("--x64", action="store_true", help="float64 Gumbel draws")
@@ -114,6 +118,7 @@ def main():
   jax.config.update("jax_enable_x64", args.x64)
   print(f"device={jax.devices()[0].device_kind} L=T={args.seq_len} C={args.vocab} "
         f"B={args.batch} layers={args.layers} source={args.digit_source} top_p={args.top_p} "
+        f"draw_slots={'auto' if args.draw_slots is None else args.draw_slots} "
         f"draws={sampling.resolve_draw_dtype('float64').__name__}")
   header = ("ℓ", "b", "fwd ms", "cached s", "tok/s", "calls", "uncached s", "tok/s", "calls",
             "saved", "formula", "e^-ℓB", "ovh ms/step", "ovh/fwd")

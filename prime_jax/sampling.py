@@ -559,8 +559,11 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
     if corrector:
       remask = ~masked & free & (jax.random.uniform(k_remask, y.shape) < remask_probs[k])
       new_y = jnp.where(remask, mask_value, new_y)
-    proposal = jax.lax.cond(reveal.any(), lambda: propose(k_draw, logits, y, reveal, k),
-                            lambda: jnp.zeros_like(y))
+    if slots:  # A step that reveals nothing runs no round of the gathered draw.
+      proposal = propose(k_draw, logits, y, reveal, k)
+    else:
+      proposal = jax.lax.cond(reveal.any(), lambda: propose(k_draw, logits, y, reveal, k),
+                              lambda: jnp.zeros_like(y))
     new_y = constrain(jnp.where(reveal, proposal, new_y))
     num_changed = (new_y != y).sum(dtype=jnp.int32)
     changed = num_changed > 0
