@@ -294,7 +294,10 @@ def _bisect_cut(probs: jax.Array, top_p: float, iterations: int) -> jax.Array:
     return lo, hi, theta_lo, jnp.exp(0.5 * (lo + hi))
 
   carry = (lo, hi, jnp.exp(lo), jnp.exp(0.5 * (lo + hi)))
-  return jax.lax.fori_loop(0, iterations, bisect, carry)[2]
+  # Unrolled off the CPU, where each round of a loop waits on its condition (about 15% of a
+  # top-p sampler step on an H200); on the CPU the loop is slightly faster.
+  unroll = jax.default_backend() != "cpu"
+  return jax.lax.fori_loop(0, iterations, bisect, carry, unroll=unroll)[2]
 
 
 # Wider than this, `gumbel_argmax` races in two levels.
