@@ -40,7 +40,6 @@ class Manager:
     self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prime_jax_save")
                     if hand_off else None)
     self._in_flight: Optional[concurrent.futures.Future] = None
-    self._submitted: Optional[int] = None
 
   @property
   def hands_off(self) -> bool:
