@@ -60,6 +60,8 @@ class SamplerConfig:
   draw_dtype: float type of the Gumbel race; 'float64' falls back to float32 when jax_enable_x64
     is off (see `resolve_draw_dtype`).
   invalid_policy: what happens to codes that decode to >= C (see `sample`).
+  top_p_iterations: bisection rounds for a nucleus wider than its top 256 entries (see
+    `nucleus_filter`).
   draw_slots: a step draws only at its revealed positions, this many per example at a time, in
     as many rounds as it needs (None: chosen from the expected reveals, see `draw_slot_count`;
     0: draw at every position at once).
@@ -100,6 +102,8 @@ class SamplerConfig:
       raise ValueError(f"draw_slots must be None or an integer >= 0, got {self.draw_slots!r}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
+    if not isinstance(self.top_p_iterations, (int, np.integer)) or self.top_p_iterations < 1:
+      raise ValueError(f"top_p_iterations must be an integer >= 1, got {self.top_p_iterations!r}")
     set_ = lambda f, v: object.__setattr__(self, f, v)
     set_("num_steps", int(self.num_steps))
     set_("temperature_schedule", _as_tuple(self.temperature_schedule, 3, "temperature_schedule"))

@@ -494,6 +494,8 @@ def test_bad_input_raises_clear_errors():
     sampling.SamplerConfig(num_steps=0)
   with pytest.raises(ValueError, match="temperature_schedule"):
     sampling.SamplerConfig(temperature_schedule=(-2.0, 2.0, 1.0))
+  with pytest.raises(ValueError, match="top_p_iterations must be an integer >= 1, got 0"):
+    sampling.SamplerConfig(top_p=0.9, top_p_iterations=0)
   small = PrimeCode(6, 2)
   compiled = []
 
