@@ -273,19 +273,27 @@ def nucleus_filter(logp: jax.Array, top_p: float, iterations: int = 20) -> jax.A
   if top_p >= 1.0:
     return logp
   probs = jnp.exp(logp.astype(jnp.float32))
-  top = jax.lax.top_k(probs, min(NUCLEUS_CANDIDATES, probs.shape[-1]))[0]  # Descending.
-  mass = jnp.cumsum(top, axis=-1)
-  fits = mass[..., -1:] >= top_p
-  size = jnp.minimum((mass < top_p).sum(-1, keepdims=True), top.shape[-1] - 1)
-  theta = jnp.take_along_axis(top, size, axis=-1)
-  theta = jax.lax.cond(fits.all(), lambda: theta,
-                       lambda: jnp.where(fits, theta, _bisect_cut(probs, top_p, iterations)))
+  largest = probs.max(-1, keepdims=True)
+  k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+
+  def from_top():
+    top = jax.lax.top_k(probs, k)[0]  # Descending.
+    mass = jnp.cumsum(top, axis=-1)
+    size = jnp.minimum((mass < top_p).sum(-1, keepdims=True), k - 1)
+    return mass[..., -1:] >= top_p, jnp.take_along_axis(top, size, axis=-1)
+
+  # k entries hold at most k·max: rows below top_p there skip the top_k (flat rows, early on).
+  fits, theta = jax.lax.cond((k * largest >= top_p).any(), from_top,
+                             lambda: (jnp.zeros_like(largest, bool), largest))
+  theta = jax.lax.cond(fits.all(), lambda: theta, lambda: jnp.where(
+      fits, theta, _bisect_cut(probs, largest, top_p, iterations)))
   return jnp.where(probs >= theta, logp, NEG_INF)
 
 
-def _bisect_cut(probs: jax.Array, top_p: float, iterations: int) -> jax.Array:
-  """(..., 1) the nucleus cut of normalised `probs` by bisection on its logarithm."""
-  hi = jnp.log(probs.max(-1, keepdims=True))
+def _bisect_cut(probs: jax.Array, largest: jax.Array, top_p: float, iterations: int) -> jax.Array:
+  """(..., 1) the nucleus cut of normalised `probs` (largest entry `largest`) by bisection on
+  its logarithm."""
+  hi = jnp.log(largest)
   lo = jnp.minimum(math.log((1.0 - top_p) / (probs.shape[-1] + 1)), hi)
 
   def bisect(_, carry):
