@@ -362,18 +362,33 @@ def reference_statistics(classifier_path: str, levels: int = 256) -> tuple[np.nd
 
   The cache name carries a digest of the classifier file, so retraining never reuses old stats.
   """
-  with open(classifier_path, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()[:16]
-  cache = f"{classifier_path}.test_stats_L{levels}_{digest}.npz"
+  cache = f"{classifier_path}.test_stats_L{levels}_{_file_digest(classifier_path)[:16]}.npz"
+
+  def compute():
+    params, _ = load_classifier(classifier_path)
+    return feature_statistics(classifier_features(params, reference_images(levels)))
+  return _cached_statistics(cache, compute)
+
+
+def _cached_statistics(cache: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) read from the .npz `cache`, or computed and written there atomically."""
   if os.path.isfile(cache):
     with np.load(cache) as z:
       return z["mu"], z["sigma"]
-  params, _ = load_classifier(classifier_path)
-  mu, sigma = feature_statistics(classifier_features(params, reference_images(levels)))
+  mu, sigma = compute()
   tmp = cache + ".tmp.npz"
   np.savez(tmp, mu=mu, sigma=sigma)
   os.replace(tmp, cache)
   return mu, sigma
+
+
+def _file_digest(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def fashion_fd(classifier_path: str, images, levels: int = 256) -> dict[str, Any]:
@@ -472,14 +487,6 @@ def load_fid_statistics(path: str,
   return mu, sigma
 
 
-def _file_digest(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def dataset_images(data_config, split: str, num: int = 0, batch_size: int = 256) -> np.ndarray:
   """uint8 images (N, H, W, C) of a split of an image dataset (the first `num`; 0 = all), at the
   config's image_levels, as the project's loader serves them."""
@@ -512,14 +519,8 @@ def inception_reference_statistics(
   levels = info.vocab_size
   digest = _file_digest(weights_path)[:16]
   cache = f"{weights_path}.{info.name}_{split}_L{levels}_N{num or 'all'}_{digest}.npz"
-  if os.path.isfile(cache):
-    return load_fid_statistics(cache, "cached reference statistics")
-  images = dataset_images(data_config, split, num)
-  mu, sigma = feature_statistics(inception_features(weights_path, images, batch_size))
-  tmp = cache + ".tmp.npz"
-  np.savez(tmp, mu=mu, sigma=sigma)
-  os.replace(tmp, cache)
-  return mu, sigma
+  return _cached_statistics(cache, lambda: feature_statistics(inception_features(
+      weights_path, dataset_images(data_config, split, num), batch_size)))
 
 
 def fid(weights_path: str, images_uint8, reference: tuple[np.ndarray, np.ndarray],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import io
 import json
 import os
 import shutil
@@ -153,13 +152,18 @@ def prepare_text8(out: str, input_path: Optional[str],
   return metas
 
 
+def _cache_target(out: str, name: str) -> str:
+  """The path of `name` in the folder `out` (~ expanded), which is created if missing."""
+  out = os.path.expanduser(out)
+  os.makedirs(out, exist_ok=True)
+  return os.path.join(out, name)
+
+
 def fetch_gpt2_tiktoken(out: str, input_path: Optional[str]) -> str:
   """Puts gpt2.tiktoken in `out`, from a local copy or the openai-whisper source package."""
-  out = os.path.expanduser(out)
-  target = os.path.join(out, tokenizers.GPT2_RANKS_FILE)
+  target = _cache_target(out, tokenizers.GPT2_RANKS_FILE)
   if os.path.isfile(target):
     return target
-  os.makedirs(out, exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
     if input_path is None:
       done = subprocess.run(
@@ -182,11 +186,9 @@ def fetch_gpt2_tiktoken(out: str, input_path: Optional[str]) -> str:
 
 def fetch_bert_vocab(out: str, input_path: Optional[str]) -> str:
   """Puts bert-base-uncased's vocab.txt in `out` (downloaded unless --input gives it)."""
-  out = os.path.expanduser(out)
-  target = os.path.join(out, tokenizers.BERT_VOCAB_FILE)
+  target = _cache_target(out, tokenizers.BERT_VOCAB_FILE)
   if os.path.isfile(target):
     return target
-  os.makedirs(out, exist_ok=True)
   if input_path:
     shutil.copyfile(os.path.expanduser(input_path), target + ".tmp")
   else:

@@ -59,6 +59,15 @@ def check_attention_impl(impl: str, owner: str) -> None:
     raise ValueError(f"{owner}: attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
 
 
+def check_positive_ints(module: Any, fields: Sequence[str]) -> None:
+  """Raises ValueError naming the module and field when one of `fields` is not an int >= 1."""
+  for field in fields:
+    value = getattr(module, field)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{type(module).__name__}: {field} must be a positive integer, "
+                       f"got {value!r}")
+
+
 def dot_product_attention(q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, *, causal: bool = False,
                           impl: str = "auto") -> Array:
   """Softmax attention: the fused cuDNN kernel of `jax.nn.dot_product_attention` where it applies.

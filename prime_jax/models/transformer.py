@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
 from prime_jax.models.layers import (Conditioning, DenseGeneral, LayerNorm, Modulation,
-                                     apply_rotary, check_attention_impl, constrain,
+                                     apply_rotary, check_attention_impl,
+                                     check_positive_ints, constrain,
                                      default_kernel_init, dot_product_attention, logical,
                                      modulate, zeros_init)
 from prime_jax.subtokens import PrimeCode
@@ -120,10 +121,7 @@ class PrimeTransformer(nn.Module):
 
   def __post_init__(self):
     name = type(self).__name__
-    for field in ("d_model", "num_layers", "num_heads", "mlp_ratio", "cond_dim"):
-      value = getattr(self, field)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {field} must be a positive integer, got {value!r}")
+    check_positive_ints(self, ("d_model", "num_layers", "num_heads", "mlp_ratio", "cond_dim"))
     if self.d_model % self.num_heads:
       raise ValueError(f"{name}: d_model={self.d_model} must be divisible by "
                        f"num_heads={self.num_heads}")

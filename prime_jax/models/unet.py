@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
 from prime_jax.models.layers import (Conditioning, DenseGeneral, Modulation, check_attention_impl,
+                                     check_positive_ints,
                                      constrain, dot_product_attention, logical, modulate,
                                      ones_init, zeros_init)
 from prime_jax.subtokens import PrimeCode
@@ -180,10 +181,7 @@ class PrimeUNet(nn.Module):
 
   def __post_init__(self):
     name = type(self).__name__
-    for field in ("image_channels", "ch", "num_res_blocks", "head_dim", "norm_groups"):
-      value = getattr(self, field)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {field} must be a positive integer, got {value!r}")
+    check_positive_ints(self, ("image_channels", "ch", "num_res_blocks", "head_dim", "norm_groups"))
     if not self.ch_mult or any(not isinstance(m, int) or m < 1 for m in self.ch_mult):
       raise ValueError(f"{name}: ch_mult must be a non-empty sequence of positive integers, "
                        f"got {self.ch_mult!r}")
