@@ -60,8 +60,6 @@ class SamplerConfig:
   draw_dtype: float type of the Gumbel race; 'float64' falls back to float32 when jax_enable_x64
     is off (see `resolve_draw_dtype`).
   invalid_policy: what happens to codes that decode to >= C (see `sample`).
-  top_p_iterations: bisection rounds for a nucleus wider than its top 256 entries (see
-    `nucleus_filter`).
   draw_slots: a step draws only at its revealed positions, this many per example at a time, in
     as many rounds as it needs (None: chosen from the expected reveals, see `draw_slot_count`;
     0: draw at every position at once).
@@ -80,7 +78,6 @@ class SamplerConfig:
   time_warp: Optional[tuple[float, float, float]] = None
   invalid_policy: str = "resample"
   cache_idle_steps: bool = True
-  top_p_iterations: int = 20
   draw_slots: Optional[int] = None
 
   def __post_init__(self):
@@ -102,8 +99,6 @@ class SamplerConfig:
       raise ValueError(f"draw_slots must be None or an integer >= 0, got {self.draw_slots!r}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
-    if not isinstance(self.top_p_iterations, (int, np.integer)) or self.top_p_iterations < 1:
-      raise ValueError(f"top_p_iterations must be an integer >= 1, got {self.top_p_iterations!r}")
     set_ = lambda f, v: object.__setattr__(self, f, v)
     set_("num_steps", int(self.num_steps))
     set_("temperature_schedule", _as_tuple(self.temperature_schedule, 3, "temperature_schedule"))
@@ -256,69 +251,30 @@ def draw_slot_count(schedule: Schedule, config: SamplerConfig, num_positions: in
 # Categorical draws.
 
 
-# The nucleus cut is read off the sorted top entries when they reach top_p (exact, and cheap);
-# rows whose nucleus is wider fall back to a bisection over all entries.
-NUCLEUS_CANDIDATES = 256
-
-
-def nucleus_filter(logp: jax.Array, top_p: float, iterations: int = 20) -> jax.Array:
-  """Keeps the most probable entries whose mass first reaches top_p, sets the rest to NEG_INF.
-
-  The cut θ comes from the NUCLEUS_CANDIDATES largest entries when they hold top_p (exact);
-  otherwise from a bisection on log θ keeping Σ_{p_i >= θ} p_i >= top_p, between
-  (1 - top_p)/(C + 1), below which no cut lies, and the largest entry: 20 halvings place θ within
-  a relative 1.3e-5 (C = 50257, top_p = 0.95). `logp` must be normalised along the last axis.
-  Ties at the cut are all kept.
-  """
-  if top_p >= 1.0:
-    return logp
-  probs = jnp.exp(logp.astype(jnp.float32))
-  largest = probs.max(-1, keepdims=True)
-  k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
-
-  def from_top():
-    top = jax.lax.top_k(probs, k)[0]  # Descending.
-    mass = jnp.cumsum(top, axis=-1)
-    size = jnp.minimum((mass < top_p).sum(-1, keepdims=True), k - 1)
-    return mass[..., -1:] >= top_p, jnp.take_along_axis(top, size, axis=-1)
-
-  # k entries hold at most k·max: rows below top_p there skip the top_k (flat rows, early on).
-  fits, theta = jax.lax.cond((k * largest >= top_p).any(), from_top,
-                             lambda: (jnp.zeros_like(largest, bool), largest))
-  theta = jax.lax.cond(fits.all(), lambda: theta, lambda: jnp.where(
-      fits, theta, _bisect_cut(probs, largest, top_p, iterations)))
-  return jnp.where(probs >= theta, logp, NEG_INF)
-
-
-def _bisect_cut(probs: jax.Array, largest: jax.Array, top_p: float, iterations: int) -> jax.Array:
-  """(..., 1) the nucleus cut of normalised `probs` (largest entry `largest`) by bisection on
-  its logarithm."""
-  hi = jnp.log(largest)
-  lo = jnp.minimum(math.log((1.0 - top_p) / (probs.shape[-1] + 1)), hi)
-
-  def bisect(_, carry):
-    # θ = exp(mid) travels in the carry, so the pass over `probs` is a compare, not an exp.
-    lo, hi, theta_lo, theta_mid = carry
-    mid = 0.5 * (lo + hi)
-    ok = jnp.where(probs >= theta_mid, probs, 0.0).sum(-1, keepdims=True) >= top_p
-    lo, hi, theta_lo = (jnp.where(ok, mid, lo), jnp.where(ok, hi, mid),
-                        jnp.where(ok, theta_mid, theta_lo))
-    return lo, hi, theta_lo, jnp.exp(0.5 * (lo + hi))
-
-  carry = (lo, hi, jnp.exp(lo), jnp.exp(0.5 * (lo + hi)))
-  # Unrolled off the CPU, where each round of a loop waits on its condition (about 15% of a
-  # top-p sampler step on an H200); on the CPU the loop is slightly faster.
-  unroll = jax.default_backend() != "cpu"
-  return jax.lax.fori_loop(0, iterations, bisect, carry, unroll=unroll)[2]
-
-
-# Wider than this, `gumbel_argmax` races in two levels.
+# Rows wider than this race in two levels: a block by its mass, then an entry inside it.
 FLAT_RACE_MAX = 1024
 
 
-def _race(key: jax.Array, logits: jax.Array, dtype) -> jax.Array:
-  """The first index of the maximum of logits + Gumbel noise along the last axis."""
-  scores = logits.astype(dtype) + jax.random.gumbel(key, logits.shape, dtype)
+def _block_shape(size: int) -> tuple[int, int]:
+  """(blocks, width) of a race over `size` outcomes: one block up to FLAT_RACE_MAX, else about
+  √size blocks of √size entries."""
+  if size <= FLAT_RACE_MAX:
+    return 1, size
+  width = math.isqrt(size - 1) + 1
+  return -(-size // width), width
+
+
+def _as_blocks(logits: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """(..., n) -> (..., *shape), padded with NEG_INF."""
+  size, (blocks, width) = logits.shape[-1], shape
+  padded = jnp.pad(logits, [(0, 0)] * (logits.ndim - 1) + [(0, blocks * width - size)],
+                   constant_values=NEG_INF)
+  return padded.reshape(logits.shape[:-1] + (blocks, width))
+
+
+def _race(logits: jax.Array, noise: jax.Array) -> jax.Array:
+  """The first index of the maximum of logits + noise along the last axis."""
+  scores = logits.astype(noise.dtype) + noise
   # As argmax, but as two plain reductions: XLA's CPU argmax (a variadic reduce) is several
   # times slower than a max and a min.
   best = scores.max(-1, keepdims=True)
@@ -326,84 +282,120 @@ def _race(key: jax.Array, logits: jax.Array, dtype) -> jax.Array:
   return jnp.where(scores == best, jnp.arange(size, dtype=jnp.int32), size).min(-1)
 
 
-def _race_in_blocks(key: jax.Array, logits_OI: jax.Array, dtype) -> jax.Array:
-  """A draw over the flattened last two axes: a block (row) by its total mass, then an entry."""
-  key_block, key_entry = jax.random.split(key)
-  logits_OI = logits_OI.astype(dtype)
-  block = _race(key_block, jax.nn.logsumexp(logits_OI, axis=-1), dtype)
-  inside_I = jnp.take_along_axis(logits_OI, block[..., None, None], axis=-2)[..., 0, :]
-  return block * logits_OI.shape[-1] + _race(key_entry, inside_I, dtype)
+def _row_noise(key: jax.Array, row_ids: jax.Array, width: int, dtype) -> jax.Array:
+  """(*R, width) Gumbel noise; row r's comes from fold_in(key, row_ids[r]) alone."""
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids.reshape(-1))
+  noise = jax.vmap(lambda k: jax.random.gumbel(k, (width,), dtype))(keys)
+  return noise.reshape(row_ids.shape + (width,))
 
 
-def _as_blocks(logits: jax.Array, shape: Optional[tuple[int, int]] = None) -> jax.Array:
-  """(..., n) -> (..., *shape) padded with NEG_INF; by default ⌈√n⌉ entries a block."""
-  size = logits.shape[-1]
-  width = math.isqrt(size - 1) + 1
-  blocks, width = shape or (-(-size // width), width)
-  padded = jnp.pad(logits, [(0, 0)] * (logits.ndim - 1) + [(0, blocks * width - size)],
-                   constant_values=NEG_INF)
-  return padded.reshape(logits.shape[:-1] + (blocks, width))
+def _block_race(x_ROI: jax.Array, noise_fn: Callable[[int], jax.Array], top_p: float
+                ) -> jax.Array:
+  """(*R,) flat indices o·I + i drawn from softmax(x) over the last two axes (blocks × entries),
+  restricted to the top-p nucleus: the most probable entries whose mass first reaches top_p.
 
-
-def gumbel_argmax(key: jax.Array, logits: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """One categorical draw along the last axis by the Gumbel race, with noise of type `dtype`.
-
-  Over more than FLAT_RACE_MAX entries (a vocabulary) the race runs in two levels: a block of
-  about √C entries by its total mass, then an entry within it. That is the same distribution
-  with 2√C noise draws instead of C, which otherwise dominate a sampler step.
+  `noise_fn(round)` gives (*R, O + I) Gumbel noise, fresh for each round. A block is raced by its
+  mass, then an entry inside it. With top_p < 1 a draw outside the nucleus — whose larger
+  entries already hold top_p — is rejected and redrawn among the entries larger than it: an
+  exact nucleus draw that never sorts, and a round accepts with probability >= top_p.
   """
-  if logits.shape[-1] <= FLAT_RACE_MAX:
-    return _race(key, logits, dtype)
-  return _race_in_blocks(key, _as_blocks(logits), dtype)
+  num_blocks = x_ROI.shape[-2]
+  e_ROI = jnp.exp(x_ROI - x_ROI.max((-2, -1), keepdims=True))  # Largest entry: exactly 1.
+
+  def draw(noise, pivot):
+    """Entries above `pivot` (..., 1, 1) race; returns the index and its e."""
+    e_kept = e_ROI if pivot is None else jnp.where(e_ROI > pivot, e_ROI, 0.0)
+    block = jnp.zeros(x_ROI.shape[:-2], jnp.int32)
+    if num_blocks > 1:
+      block = _race(jnp.log(e_kept.sum(-1)), noise[..., :num_blocks])
+    pick = lambda a: jnp.take_along_axis(a, block[..., None, None], axis=-2)[..., 0, :]
+    row_x, row_e = pick(x_ROI), pick(e_kept)
+    entry = _race(jnp.where(row_e > 0, row_x, NEG_INF), noise[..., num_blocks:])
+    value = jnp.take_along_axis(row_e, entry[..., None], axis=-1)
+    return block * x_ROI.shape[-1] + entry, value[..., None]
+
+  index, value = draw(noise_fn(0), None)
+  if top_p >= 1.0:
+    return index
+  threshold = top_p * e_ROI.sum((-2, -1), keepdims=True)
+
+  def in_nucleus(value):
+    """An entry is in the nucleus iff the entries larger than it hold less than top_p (written
+    so that a row of NaN logits is accepted rather than redrawn forever)."""
+    return ~(jnp.where(e_ROI > value, e_ROI, 0.0).sum((-2, -1), keepdims=True) >= threshold)
+
+  def redraw(state):
+    round_, index, value, done = state
+    new_index, new_value = draw(noise_fn(round_), value)
+    keep = done[..., 0, 0]
+    return (round_ + 1, jnp.where(keep, index, new_index), jnp.where(done, value, new_value),
+            done | in_nucleus(new_value))
+
+  state = (1, index, value, in_nucleus(value))
+  return jax.lax.while_loop(lambda s: ~s[3].all(), redraw, state)[1]
+
+
+def _noise_width(code: PrimeCode, digit_source: str) -> int:
+  """Gumbel numbers a position's draw takes per round."""
+  if digit_source == "joint":
+    return sum(_joint_shape(code))
+  return code.length * sum(_block_shape(code.base))
 
 
 def _digit_split(code: PrimeCode) -> int:
-  """How many leading digits index the blocks of a joint draw: the grid split nearest √C."""
+  """How many leading digits index the blocks of a joint draw (ℓ > 1): the split of the digit
+  grid nearest √C, where carry-over is one small bias per axis."""
   dims = code.grid_shape
   sizes = [math.prod(dims[:k]) + math.prod(dims[k:]) for k in range(1, code.length)]
   return 1 + int(np.argmin(sizes))
 
 
-def _joint_tokens(key: jax.Array, code: PrimeCode, scaled: jax.Array, y: jax.Array,
-                  carry_over: bool, top_p: float, iterations: int, dtype) -> jax.Array:
-  """(…, C) scaled logits -> (…,) tokens x̂ ~ softmax, restricted to codes consistent with y.
+def _joint_shape(code: PrimeCode) -> tuple[int, int]:
+  """(blocks, width) of a joint draw: leading digits × trailing digits for ℓ > 1."""
+  if code.length == 1:
+    return _block_shape(code.vocab_size)
+  k, dims = _digit_split(code), code.grid_shape
+  return math.prod(dims[:k]), math.prod(dims[k:])
 
-  The logits are viewed as blocks of the digit grid (leading digits × trailing digits), where
-  carry-over is one small bias per axis, so the restriction never costs a pass of its own.
-  """
-  if code.length == 1:  # Nothing to restrict: a position is all masked or all visible.
-    blocks_OI = _as_blocks(scaled)
-  else:
-    k, dims = _digit_split(code), code.grid_shape
-    blocks_OI = _as_blocks(scaled, (math.prod(dims[:k]), math.prod(dims[k:])))
-    if carry_over:
-      blocks_OI = (blocks_OI + objectives.consistent_bias(code, y, range(k))[..., :, None]
-                   + objectives.consistent_bias(code, y, range(k, code.length))[..., None, :])
-  if top_p < 1.0:
-    flat = blocks_OI.reshape(blocks_OI.shape[:-2] + (-1,))
-    flat = nucleus_filter(jax.nn.log_softmax(flat, axis=-1), top_p, iterations)
-    blocks_OI = flat.reshape(blocks_OI.shape)
-  return _race_in_blocks(key, blocks_OI, dtype)
+
+def _joint_blocks(code: PrimeCode, scaled: jax.Array, y: jax.Array, carry_over: bool
+                  ) -> jax.Array:
+  """(…, C) scaled logits -> (…, O, I) the joint draw's blocks, NEG_INF where a code is padding
+  or (with carry-over) disagrees with the visible digits of y."""
+  blocks_OI = _as_blocks(scaled, _joint_shape(code))
+  if code.length > 1 and carry_over:
+    k = _digit_split(code)
+    blocks_OI = (blocks_OI + objectives.consistent_bias(code, y, range(k))[..., :, None]
+                 + objectives.consistent_bias(code, y, range(k, code.length))[..., None, :])
+  return blocks_OI
 
 
 def draw_digits(key: jax.Array, code: PrimeCode, logits: jax.Array, y: jax.Array,
                 temperature, *, digit_source: str, carry_over: bool, top_p: float = 1.0,
-                draw_dtype=jnp.float32, top_p_iterations: int = 20) -> jax.Array:
+                draw_dtype=jnp.float32, row_ids: Optional[jax.Array] = None) -> jax.Array:
   """(…, C) logits and sub-tokens y (…, ℓ) -> (…, ℓ) proposed digits for every sub-token.
 
   joint: the digits of one token x̂ ~ p(· | y); marginal: each digit from its own marginal μ^j.
   Temperature divides the logits first; top-p then acts on the distribution that is drawn from.
+  Position r's noise comes from fold_in(key, row_ids[r]) (default: its flat index), so a draw
+  does not depend on which other positions are drawn with it.
   """
+  if digit_source not in DIGIT_SOURCES:
+    raise ValueError(f"unknown digit_source {digit_source!r}; expected one of {DIGIT_SOURCES}")
+  lead = logits.shape[:-1]
+  if row_ids is None:
+    row_ids = jnp.arange(math.prod(lead), dtype=jnp.int32).reshape(lead)
+  width = _noise_width(code, digit_source)
+  noise_fn = lambda round_: _row_noise(jax.random.fold_in(key, round_), row_ids, width,
+                                       draw_dtype)
   scaled = logits.astype(jnp.float32) / temperature
-  restrict_y = y if carry_over else None
   if digit_source == "joint":
-    return code.encode(_joint_tokens(key, code, scaled, y, carry_over, top_p, top_p_iterations,
-                                     draw_dtype))
-  if digit_source == "marginal":
-    log_mu = objectives.digit_log_marginals(code, scaled, restrict_y)  # (…, ℓ, b)
-    log_mu = nucleus_filter(log_mu, top_p, top_p_iterations)
-    return gumbel_argmax(key, log_mu, draw_dtype)
-  raise ValueError(f"unknown digit_source {digit_source!r}; expected one of {DIGIT_SOURCES}")
+    blocks_OI = _joint_blocks(code, scaled, y, carry_over)
+    return code.encode(_block_race(blocks_OI, noise_fn, top_p))
+  log_mu = objectives.digit_log_marginals(code, scaled, y if carry_over else None)  # (…, ℓ, b)
+  shape = _block_shape(code.base)
+  per_digit = lambda round_: noise_fn(round_).reshape(lead + (code.length, sum(shape)))
+  return _block_race(_as_blocks(log_mu, shape), per_digit, top_p)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,11 +516,10 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
   if tuple(logits_spec.shape) != expected:
     raise ValueError(f"denoise_fn must return logits of shape {expected}, got {logits_spec.shape}")
 
-  def draw(step_key, logits, y_in, k):
+  def draw(step_key, logits, y_in, k, row_ids=None):
     return draw_digits(step_key, code, logits, y_in, temperatures[k],
                        digit_source=config.digit_source, carry_over=config.carry_over,
-                       top_p=config.top_p, draw_dtype=draw_dtype,
-                       top_p_iterations=config.top_p_iterations)
+                       top_p=config.top_p, draw_dtype=draw_dtype, row_ids=row_ids)
 
   batch, num_positions = shape[0], int(np.prod(shape[1:]))
   slots = draw_slot_count(schedule, config, num_positions, ell)
@@ -546,7 +537,8 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
       used_BS = i * slots + jnp.arange(slots) < count_B[:, None]
       logits_BSC = jnp.take_along_axis(logits_BNC, idx_BS[..., None], axis=1)
       y_BSl = jnp.take_along_axis(y_BNl, idx_BS[..., None], axis=1)
-      digits_BSl = draw(jax.random.fold_in(step_key, i), logits_BSC, y_BSl, k)
+      rows_BS = jnp.arange(batch)[:, None] * num_positions + idx_BS  # As in a full draw.
+      digits_BSl = draw(step_key, logits_BSC, y_BSl, k, rows_BS)
       target_BS = jnp.where(used_BS, idx_BS, num_positions)  # Unused slots are dropped.
       return out.at[jnp.arange(batch)[:, None], target_BS].set(digits_BSl, mode="drop")
 
@@ -604,8 +596,7 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
       partial = _longest_valid_prefix(code, y)
       redrawn = draw_digits(jax.random.fold_in(key, num_steps), code, logits, partial,
                             temperatures[-1], digit_source="joint", carry_over=True,
-                            top_p=config.top_p, draw_dtype=draw_dtype,
-                            top_p_iterations=config.top_p_iterations)
+                            top_p=config.top_p, draw_dtype=draw_dtype)
       tokens = jnp.where(invalid, code.decode(redrawn), codes)
     digits = code.encode(tokens)
   return SampleResult(tokens=constrain(tokens.astype(jnp.int32)),
@@ -649,7 +640,7 @@ def expected_idle_fraction(schedule: Schedule, config: SamplerConfig, num_subtok
 
 __all__ = [
     "SamplerConfig", "SampleResult", "TEXT_DEFAULTS", "IMAGE_DEFAULTS", "sample", "make_sample_fn",
-    "condition_on_prefix", "check_fixed", "draw_digits", "nucleus_filter", "gumbel_argmax",
+    "condition_on_prefix", "check_fixed", "draw_digits",
     "time_grid", "step_constants", "idle_probability", "expected_idle_fraction", "draw_slot_count",
     "resolve_draw_dtype",
 ]

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from exact_posterior import exact_posterior
-from prime_jax import objectives, sampling, schedules
+from prime_jax import sampling, schedules
 from prime_jax.subtokens import PrimeCode
 
 LINEAR = schedules.LogLinear(eps=0.0)
@@ -136,20 +136,26 @@ def independent_denoiser(code: PrimeCode, probs_LC: np.ndarray):
   return denoise_fn
 
 
-@pytest.mark.parametrize("draw_slots", [None, 1, 0])
-def test_draws_gathered_at_revealed_positions_land_in_place(draw_slots):
+def test_draws_gathered_at_revealed_positions_land_in_place():
   """With 32 independent positions, each with its own distribution, the joint sampler is exact at
-  any T; drawing only at the revealed positions two (the default here) or one at a time, in as
-  many rounds as a step needs, or at every position at once must all keep every position's law."""
+  any T. Drawing only at the revealed positions two (the default here) or one at a time, in as
+  many rounds as a step needs, gives exactly the samples of drawing at every position at once,
+  with or without top-p, since each position's noise is keyed by its index."""
   code, seq_len = PrimeCode(6, 2), 32
   probs = np.stack([_distribution(i, 6) for i in range(seq_len)])
-  config = sampling.SamplerConfig(num_steps=seq_len, draw_slots=draw_slots)
-  expected_slots = {None: 2, 1: 1, 0: 0}[draw_slots]
-  assert sampling.draw_slot_count(LINEAR, config, seq_len, 2) == expected_slots
-  out = _sample(jax.random.key(11), independent_denoiser(code, probs), code, (600, seq_len),
-                config)
-  tokens = np.asarray(out.tokens)
-  stat = sum(_chi2(np.bincount(tokens[:, i], minlength=6), probs[i])[0] for i in range(seq_len))
+  fn = independent_denoiser(code, probs)
+  exact = None
+  for top_p in (1.0, 0.7):
+    tokens = {}
+    for slots, expected_slots in ((None, 2), (1, 1), (0, 0)):
+      config = sampling.SamplerConfig(num_steps=seq_len, draw_slots=slots, top_p=top_p)
+      assert sampling.draw_slot_count(LINEAR, config, seq_len, 2) == expected_slots
+      tokens[slots] = np.asarray(_sample(jax.random.key(11), fn, code, (600, seq_len),
+                                         config).tokens)
+    np.testing.assert_array_equal(tokens[None], tokens[0])
+    np.testing.assert_array_equal(tokens[1], tokens[0])
+    exact = tokens[0] if top_p == 1.0 else exact
+  stat = sum(_chi2(np.bincount(exact[:, i], minlength=6), probs[i])[0] for i in range(seq_len))
   assert stat < _chi2_critical(seq_len * 5)
 
 
@@ -341,27 +347,52 @@ def test_invalid_codes_counted_and_handled_by_policy():
 # Draws, grid, options.
 
 
-@pytest.mark.parametrize("width,scales", [(37, (2.0,)), (2000, (0.5, 8.0))])
-def test_nucleus_filter_matches_sorted_reference(width, scales):
-  """Narrow nuclei are cut from the sorted top entries, wide ones (2000 entries at scale 0.5,
-  hundreds kept) by bisection; batches mixing both take each row's own way."""
-  rng = np.random.default_rng(0)
-  logits = np.concatenate([rng.normal(0, s, (100, width)) for s in scales]).astype(np.float32)
-  logp = jax.nn.log_softmax(logits)
-  for top_p in (0.3, 0.9, 0.95):
-    kept = np.asarray(sampling.nucleus_filter(logp, top_p)) > objectives.NEG_INF / 2
-    probs = np.exp(np.asarray(logp, np.float64))
-    order = np.argsort(-probs, axis=1)
-    cum = np.cumsum(np.take_along_axis(probs, order, 1), 1)
-    size = (cum < top_p).sum(1) + 1
-    if width > sampling.NUCLEUS_CANDIDATES and top_p > 0.5:
-      assert size.max() > sampling.NUCLEUS_CANDIDATES >= size.min()  # Both ways are taken.
-    np.testing.assert_array_equal(kept.sum(1), size)
-    top = np.take_along_axis(kept, order, 1)
-    assert all(top[i, :size[i]].all() for i in range(len(size)))
-  exact = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
-  np.testing.assert_array_equal(sampling.nucleus_filter(exact, 0.7) > -1e29, [1, 1, 0, 0])
-  np.testing.assert_array_equal(sampling.nucleus_filter(exact, 0.85) > -1e29, [1, 1, 1, 0])
+def _token_draws(key, probs, top_p=1.0, rows=40000, draw_dtype=jnp.float32):
+  """Tokens from `draw_digits` with ℓ = 1 (a digit is a token), `rows` draws of `probs`."""
+  probs = np.asarray(probs)
+  code = PrimeCode(probs.shape[-1], 1)
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (rows, probs.shape[-1]))
+  y = jnp.full((rows, 1), code.mask_value, jnp.int32)
+  digits = sampling.draw_digits(key, code, logits, y, 1.0, digit_source="joint",
+                                carry_over=True, top_p=top_p, draw_dtype=draw_dtype)
+  return np.asarray(digits[..., 0])
+
+
+def _nucleus(probs, top_p):
+  """The sorted reference: the most probable entries whose mass first reaches top_p, and every
+  entry tied with the last of them."""
+  order = np.argsort(-probs, kind="stable")
+  size = int((np.cumsum(probs[order]) < top_p).sum()) + 1
+  return probs >= probs[order[size - 1]]
+
+
+@pytest.mark.parametrize("width,scale", [(37, 2.0), (2000, 0.5), (2000, 8.0)])
+def test_nucleus_draws_follow_the_sorted_reference(width, scale):
+  """Top-p draws never leave the sorted reference's nucleus and follow its renormalised law, for
+  flat and two-level races, wide nuclei (hundreds of entries) and narrow ones; top_p = 0.3 on
+  flat rows needs several rejection rounds."""
+  rng = np.random.default_rng(width + int(scale))
+  probs = np.exp(rng.normal(0, scale, width))
+  probs /= probs.sum()
+  for i, top_p in enumerate((0.3, 0.9)):
+    kept = _nucleus(probs, top_p)
+    counts = np.bincount(_token_draws(jax.random.key(i), probs, top_p), minlength=width)
+    assert counts[~kept].sum() == 0, (top_p, np.nonzero(counts * ~kept))
+    stat, df = _chi2(counts, np.where(kept, probs, 0.0) / probs[kept].sum())
+    assert df == 0 or stat < _chi2_critical(df), (top_p, stat, df)
+
+
+def test_nucleus_cut_is_exact_and_keeps_ties():
+  for probs, top_p, kept in (([0.5, 0.3, 0.15, 0.05], 0.7, [1, 1, 0, 0]),
+                             ([0.5, 0.3, 0.15, 0.05], 0.85, [1, 1, 1, 0]),
+                             ([0.5, 0.3, 0.15, 0.05], 0.8, [1, 1, 0, 0]),
+                             ([0.3, 0.3, 0.2, 0.2], 0.5, [1, 1, 0, 0]),
+                             ([0.4, 0.2, 0.2, 0.2], 0.5, [1, 1, 1, 1]),
+                             ([0.4, 0.2, 0.2, 0.2], 0.3, [1, 0, 0, 0])):
+    probs, kept = np.asarray(probs), np.asarray(kept, bool)
+    np.testing.assert_array_equal(_nucleus(probs, top_p), kept)
+    counts = np.bincount(_token_draws(jax.random.key(3), probs, top_p, rows=4000), minlength=4)
+    np.testing.assert_array_equal(counts > 0, kept)
 
 
 def test_top_p_and_temperature_in_the_sampler():
@@ -378,14 +409,13 @@ def test_top_p_and_temperature_in_the_sampler():
   assert (np.asarray(cold.tokens) == 0).all()
 
 
-def test_gumbel_draws_follow_probabilities_in_both_precisions():
+def test_draws_follow_probabilities_in_both_precisions():
   probs = np.array([0.6, 0.25, 0.1, 0.05])
   assert sampling.resolve_draw_dtype("float64") == jnp.float32  # x64 is off in the tests.
   for dtype in (jnp.float32, jnp.float64):
     with jax.enable_x64(dtype == jnp.float64):
       assert sampling.resolve_draw_dtype(dtype.__name__) == dtype
-      logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (20000, 4))
-      draws = np.asarray(sampling.gumbel_argmax(jax.random.key(5), logits, dtype))
+      draws = _token_draws(jax.random.key(5), probs, rows=20000, draw_dtype=dtype)
     stat, df = _chi2(np.bincount(draws, minlength=4), probs)
     assert stat < _chi2_critical(df)
 
@@ -394,10 +424,26 @@ def test_two_level_race_follows_probabilities(monkeypatch):
   """Past FLAT_RACE_MAX entries the race picks a block by its mass, then an entry: same law."""
   monkeypatch.setattr(sampling, "FLAT_RACE_MAX", 8)  # 37 entries race as 6 blocks of 7.
   probs = np.random.default_rng(3).dirichlet(np.full(37, 0.7))
-  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (40000, 37))
-  draws = np.asarray(sampling.gumbel_argmax(jax.random.key(6), logits))
-  stat, df = _chi2(np.bincount(draws, minlength=37), probs)
-  assert stat < _chi2_critical(df)
+  for top_p in (1.0, 0.8):
+    kept = _nucleus(probs, top_p)
+    counts = np.bincount(_token_draws(jax.random.key(6), probs, top_p), minlength=37)
+    assert counts[~kept].sum() == 0
+    stat, df = _chi2(counts, np.where(kept, probs, 0.0) / probs[kept].sum())
+    assert stat < _chi2_critical(df), (top_p, stat)
+
+
+def test_a_position_draws_the_same_whatever_it_is_drawn_with():
+  """Noise is keyed by row id, so drawing rows 5 and 2 alone (as a step's gathered draw does)
+  gives what drawing all rows gives there, top-p rejection rounds included."""
+  code = PrimeCode(300, 2)
+  logits = jax.random.normal(jax.random.key(0), (2, 4, 300)) * 0.3
+  y = jnp.full((2, 4, 2), code.mask_value, jnp.int32).at[1, 1, 0].set(3)
+  for source in sampling.DIGIT_SOURCES:
+    kw = dict(digit_source=source, carry_over=True, top_p=0.3)
+    full = sampling.draw_digits(jax.random.key(1), code, logits, y, 1.0, **kw)
+    part = sampling.draw_digits(jax.random.key(1), code, logits.reshape(8, 300)[jnp.array([5, 2])],
+                                y.reshape(8, 2)[jnp.array([5, 2])], 1.0, row_ids=jnp.array([5, 2]), **kw)
+    np.testing.assert_array_equal(part, full.reshape(8, 2)[jnp.array([5, 2])])
 
 
 def _restricted(code, probs, y):
@@ -494,8 +540,6 @@ def test_bad_input_raises_clear_errors():
     sampling.SamplerConfig(num_steps=0)
   with pytest.raises(ValueError, match="temperature_schedule"):
     sampling.SamplerConfig(temperature_schedule=(-2.0, 2.0, 1.0))
-  with pytest.raises(ValueError, match="top_p_iterations must be an integer >= 1, got 0"):
-    sampling.SamplerConfig(top_p=0.9, top_p_iterations=0)
   small = PrimeCode(6, 2)
   compiled = []
 
