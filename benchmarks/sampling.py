@@ -110,6 +110,7 @@ def bench_length(args, ell: int) -> dict:
   free = sampling.make_sample_fn(free_fn, code, schedule, shape, config, time_agnostic=True)
   free_s, _ = _timed(free, fixed, jax.random.key(0), repeats=args.repeats)
   free_loop_s, _ = _timed(_call_loop(free_fn, steps), fixed, y, t_B, repeats=args.repeats)
+  row["free_call_ms"] = 1e3 * free_loop_s / steps  # What the free network's calls cost.
   row["overhead_ms_per_step"] = 1e3 * (free_s - free_loop_s) / steps
   row["overhead_vs_forward"] = (free_s - free_loop_s) / steps / forward_s
   return row
@@ -138,14 +139,14 @@ def main():
         f"draw_slots={'auto' if args.draw_slots is None else args.draw_slots} "
         f"draws={sampling.resolve_draw_dtype('float64').__name__}")
   header = ("ℓ", "b", "fwd ms", "cached s", "tok/s", "calls", "uncached s", "tok/s", "calls",
-            "saved", "formula", "e^-ℓB", "ovh ms/step", "ovh/fwd")
+            "saved", "formula", "e^-ℓB", "free call ms", "ovh ms/step", "ovh/fwd")
   print(" | ".join(f"{h:>10}" for h in header))
   for ell in (int(v) for v in args.lengths.split(",")):
     r = bench_length(args, ell)
     cells = (r["ell"], r["base"], f"{r['forward_ms']:.2f}", f"{r['cached_s']:.3f}",
              f"{r['cached_tok_s']:.0f}", f"{r['cached_calls']:.1f}", f"{r['uncached_s']:.3f}",
              f"{r['uncached_tok_s']:.0f}", f"{r['uncached_calls']:.1f}", f"{r['saved']:.3f}",
-             f"{r['saved_formula']:.3f}", f"{r['idle_e^-l']:.3f}",
+             f"{r['saved_formula']:.3f}", f"{r['idle_e^-l']:.3f}", f"{r['free_call_ms']:.3f}",
              f"{r['overhead_ms_per_step']:.3f}", f"{r['overhead_vs_forward']:.1%}")
     print(" | ".join(f"{c!s:>10}" for c in cells), flush=True)
 
