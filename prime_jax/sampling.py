@@ -60,9 +60,9 @@ class SamplerConfig:
   draw_dtype: float type of the Gumbel race; 'float64' falls back to float32 when jax_enable_x64
     is off (see `resolve_draw_dtype`).
   invalid_policy: what happens to codes that decode to >= C (see `sample`).
-  draw_slots: a step draws only at its revealed positions, this many per example at a time, in
-    as many rounds as it needs (None: chosen from the expected reveals, see `draw_slot_count`;
-    0: draw at every position at once).
+  draw_slots: a step draws only at its revealed positions, this many at a time among the examples
+    on one device, in as many rounds as it needs (None: chosen from the expected reveals, see
+    `draw_slot_count`; 0: draw at every position at once). Samples do not depend on it.
   """
 
   num_steps: int = 512
@@ -230,21 +230,22 @@ def idle_probability(schedule: Schedule, config: SamplerConfig, num_subtokens: i
 
 
 def draw_slot_count(schedule: Schedule, config: SamplerConfig, num_positions: int,
-                    length: int) -> int:
-  """Positions per example that a step draws for at a time (0: every position at once).
+                    length: int, batch: int = 1) -> int:
+  """Positions a step draws for at a time among `batch` examples (0: every position at once).
 
-  A step gathers its revealed positions and draws for them in chunks of this many, looping until
-  all have a draw. The busiest grid step reveals on average m = ℓ·L·max_k P(a sub-token is
-  revealed in step k) sub-tokens per example; chunks of max(2, ⌈m/2⌉) keep the work near what
-  is revealed. Past m > L/4 most positions reveal anyway and one full draw is cheaper.
+  A step gathers the revealed positions of the examples on one device and draws for them in
+  chunks of this many, looping until all have a draw. The busiest grid step reveals on average
+  m = ℓ·L·max_k P(a sub-token is revealed in step k) sub-tokens per example; chunks of
+  max(2, ⌈batch·m/2⌉) keep the work near what is revealed. Past m > L/4 most positions reveal
+  anyway and one full draw is cheaper.
   """
   if config.draw_slots is not None:
     slots = config.draw_slots
   else:
     idle_one = idle_probability(schedule, config, 1)[:-1]  # Per sub-token: 1 - P(revealed).
     m = length * num_positions * float(np.max(1.0 - idle_one))
-    slots = 0 if 4.0 * m > num_positions else max(2, int(math.ceil(m / 2.0)))
-  return 0 if slots >= num_positions else int(slots)
+    slots = 0 if 4.0 * m > num_positions else max(2, int(math.ceil(batch * m / 2.0)))
+  return 0 if slots >= batch * num_positions else int(slots)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,6 +461,24 @@ def condition_on_prefix(code: PrimeCode, prefix, shape: Sequence[int]
 # The sampler.
 
 
+def _batch_mesh(batch_sharding, batch: int):
+  """(mesh, batch axis names) of a NamedSharding that splits the batch axis, or (None, ())."""
+  if batch_sharding is None:
+    return None, ()
+  if not isinstance(batch_sharding, jax.sharding.NamedSharding):
+    raise ValueError(f"batch_sharding must be a NamedSharding, got {type(batch_sharding).__name__}")
+  spec = tuple(batch_sharding.spec)
+  axes = spec[0] if spec else None
+  axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+  if not axes:
+    return None, ()
+  shards = math.prod(batch_sharding.mesh.shape[a] for a in axes)
+  if batch % shards:
+    raise ValueError(f"the batch of {batch} samples must be a multiple of the {shards} shards "
+                     f"of batch_sharding's axes {axes}")
+  return batch_sharding.mesh, axes
+
+
 def _longest_valid_prefix(code: PrimeCode, digits: jax.Array) -> jax.Array:
   """(…, ℓ) -> (…, ℓ) digits with every digit after the longest leading run that some valid
   token shares replaced by the mask value (whole codes that are valid are unchanged)."""
@@ -522,34 +541,40 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
                        top_p=config.top_p, draw_dtype=draw_dtype, row_ids=row_ids)
 
   batch, num_positions = shape[0], int(np.prod(shape[1:]))
-  slots = draw_slot_count(schedule, config, num_positions, ell)
+  mesh, batch_axes = _batch_mesh(batch_sharding, batch)
+  local_batch = batch // (1 if mesh is None else math.prod(mesh.shape[a] for a in batch_axes))
+  slots = draw_slot_count(schedule, config, num_positions, ell, local_batch)
 
-  def gathered_draw(step_key, logits, y_in, revealed_BN, k):
-    """Draws at the revealed positions only, `slots` of them per example at a time."""
-    padded = -(-num_positions // slots) * slots
-    idx_BN = jax.vmap(lambda r: jnp.nonzero(r, size=padded, fill_value=0)[0])(revealed_BN)
-    count_B = revealed_BN.sum(-1)
-    logits_BNC = logits.reshape(batch, num_positions, -1)
-    y_BNl = y_in.reshape(batch, num_positions, ell)
+  def gathered_draw(step_key, logits, y_in, revealed, k):
+    """Draws at the revealed positions only, `slots` of them at a time among the examples of
+    one device (so a sharded batch gathers locally)."""
+    def local(logits, y_in, revealed, first_row):
+      rows = revealed.size
+      padded = -(-rows // slots) * slots
+      idx = jnp.nonzero(revealed.reshape(-1), size=padded, fill_value=0)[0]
+      count = revealed.sum()
+      logits_RC, y_Rl = logits.reshape(rows, -1), y_in.reshape(rows, ell)
 
-    def chunk(i, out):
-      idx_BS = jax.lax.dynamic_slice_in_dim(idx_BN, i * slots, slots, axis=1)
-      used_BS = i * slots + jnp.arange(slots) < count_B[:, None]
-      logits_BSC = jnp.take_along_axis(logits_BNC, idx_BS[..., None], axis=1)
-      y_BSl = jnp.take_along_axis(y_BNl, idx_BS[..., None], axis=1)
-      rows_BS = jnp.arange(batch)[:, None] * num_positions + idx_BS  # As in a full draw.
-      digits_BSl = draw(step_key, logits_BSC, y_BSl, k, rows_BS)
-      target_BS = jnp.where(used_BS, idx_BS, num_positions)  # Unused slots are dropped.
-      return out.at[jnp.arange(batch)[:, None], target_BS].set(digits_BSl, mode="drop")
+      def chunk(i, out):
+        idx_S = jax.lax.dynamic_slice_in_dim(idx, i * slots, slots)
+        digits_Sl = draw(step_key, logits_RC[idx_S], y_Rl[idx_S], k, first_row + idx_S)
+        target_S = jnp.where(i * slots + jnp.arange(slots) < count, idx_S, rows)  # Drop unused.
+        return out.at[target_S].set(digits_Sl, mode="drop")
 
-    num_chunks = (count_B.max() + slots - 1) // slots
-    out = jax.lax.fori_loop(0, num_chunks, chunk, jnp.zeros((batch, num_positions, ell), jnp.int32))
-    return out.reshape(y_in.shape)
+      out = jax.lax.fori_loop(0, (count + slots - 1) // slots, chunk, jnp.zeros_like(y_Rl))
+      return out.reshape(y_in.shape)
+
+    if mesh is None:
+      return local(logits, y_in, revealed, 0)
+    spec = jax.sharding.PartitionSpec(batch_axes)
+    first = lambda: jax.lax.axis_index(batch_axes) * (local_batch * num_positions)
+    return jax.shard_map(lambda *a: local(*a, first()), mesh=mesh, in_specs=(spec,) * 3,
+                         out_specs=spec)(logits, y_in, revealed)
 
   def propose(step_key, logits, y_in, reveal, k):
     if not slots:
       return draw(step_key, logits, y_in, k)
-    return gathered_draw(step_key, logits, y_in, reveal.any(-1).reshape(batch, num_positions), k)
+    return gathered_draw(step_key, logits, y_in, reveal.any(-1), k)
 
   def body(k, carry):
     y, logits, prev_changed, num_calls, num_idle, changes, called = carry

@@ -441,9 +441,10 @@ def test_a_position_draws_the_same_whatever_it_is_drawn_with():
   for source in sampling.DIGIT_SOURCES:
     kw = dict(digit_source=source, carry_over=True, top_p=0.3)
     full = sampling.draw_digits(jax.random.key(1), code, logits, y, 1.0, **kw)
-    part = sampling.draw_digits(jax.random.key(1), code, logits.reshape(8, 300)[jnp.array([5, 2])],
-                                y.reshape(8, 2)[jnp.array([5, 2])], 1.0, row_ids=jnp.array([5, 2]), **kw)
-    np.testing.assert_array_equal(part, full.reshape(8, 2)[jnp.array([5, 2])])
+    rows = jnp.array([5, 2])
+    part = sampling.draw_digits(jax.random.key(1), code, logits.reshape(8, 300)[rows],
+                                y.reshape(8, 2)[rows], 1.0, row_ids=rows, **kw)
+    np.testing.assert_array_equal(part, full.reshape(8, 2)[rows])
 
 
 def _restricted(code, probs, y):
@@ -508,16 +509,23 @@ def uniform_default(steps):
 
 
 def test_sharded_batch_gives_the_same_samples():
+  """Over 8 devices the samples equal the unsharded ones, for a full draw at every position
+  (short sequences) and for draws gathered among each device's own revealed positions."""
   devices = np.array(jax.devices()[:8])
   mesh = Mesh(devices, ("data",))
   sharding = NamedSharding(mesh, PartitionSpec("data"))
-  code, shape = PrimeCode(10, 2), (8, 6)
-  config = sampling.SamplerConfig(num_steps=6, top_p=0.9)
+  code = PrimeCode(10, 2)
   fn = hashed_denoiser(10)
-  plain = _sample(jax.random.key(9), fn, code, shape, config)
-  sharded = _sample(jax.random.key(9), fn, code, shape, config, batch_sharding=sharding)
-  np.testing.assert_array_equal(plain.tokens, sharded.tokens)
-  assert sharded.tokens.sharding.is_equivalent_to(sharding, 2)
+  for seq_len, slots in ((6, 0), (32, 2)):
+    shape = (8, seq_len)
+    config = sampling.SamplerConfig(num_steps=seq_len, top_p=0.9)
+    assert sampling.draw_slot_count(LINEAR, config, seq_len, 2, batch=1) == slots
+    plain = _sample(jax.random.key(9), fn, code, shape, config)
+    sharded = _sample(jax.random.key(9), fn, code, shape, config, batch_sharding=sharding)
+    np.testing.assert_array_equal(plain.tokens, sharded.tokens)
+    assert sharded.tokens.sharding.is_equivalent_to(sharding, 2)
+  with pytest.raises(ValueError, match="batch of 12 samples must be a multiple of the 8 shards"):
+    _sample(jax.random.key(9), fn, code, (12, 6), config, batch_sharding=sharding)
 
 
 # ----------------------------------------------------------------------------------------------
