@@ -494,7 +494,7 @@ def _longest_valid_prefix(code: PrimeCode, digits: jax.Array) -> jax.Array:
 def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Schedule,
            shape: Sequence[int], config: SamplerConfig = SamplerConfig(), *,
            time_agnostic: bool, fixed_tokens=None, fixed_mask=None,
-           batch_sharding: Optional[jax.sharding.Sharding] = None,
+           batch_sharding: Optional[jax.sharding.NamedSharding] = None,
            progress_fn: Optional[Callable[[Any], None]] = None) -> SampleResult:
   """Draws samples of token shape (B, *P); traceable, so wrap it in jax.jit (see make_sample_fn).
 
@@ -502,7 +502,8 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
   is True start fully visible with `fixed_tokens` and never change. With `time_agnostic` (and
   `config.cache_idle_steps`) a step whose input equals the last call's input reuses its logits.
   Invalid codes (>= C): 'resample' re-draws the token from the last logits restricted to its
-  longest valid leading digits; 'clip' maps it to C-1; 'keep' returns it as is.
+  longest valid leading digits; 'clip' maps it to C-1; 'keep' returns it as is. A
+  `batch_sharding` splits the batch axis over its mesh axes; the samples do not depend on it.
   """
   shape = tuple(int(s) for s in shape)
   check_fixed(code, shape, fixed_tokens, fixed_mask)
@@ -633,7 +634,7 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
 def make_sample_fn(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], code: PrimeCode,
                    schedule: Schedule, shape: Sequence[int],
                    config: SamplerConfig = SamplerConfig(), *, time_agnostic: bool,
-                   batch_sharding: Optional[jax.sharding.Sharding] = None):
+                   batch_sharding: Optional[jax.sharding.NamedSharding] = None):
   """Returns `fn(params, key, fixed_tokens=None, fixed_mask=None) -> SampleResult`, jitted once.
 
   `apply_fn(params, y, t)` gives the logits. Fixed tokens are checked on the host before the
