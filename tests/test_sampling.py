@@ -138,22 +138,23 @@ def independent_denoiser(code: PrimeCode, probs_LC: np.ndarray):
 
 def test_draws_gathered_at_revealed_positions_land_in_place():
   """With 32 independent positions, each with its own distribution, the joint sampler is exact at
-  any T. Drawing only at the revealed positions two (the default here) or one at a time, in as
-  many rounds as a step needs, gives exactly the samples of drawing at every position at once,
-  with or without top-p, since each position's noise is keyed by its index."""
+  any T. Drawing only at the revealed positions of the batch, 600 (the default here: about half
+  a busy step's reveals) or 7 at a time, in as many rounds as a step needs, gives exactly the
+  samples of drawing at every position at once, with or without top-p, since each position's
+  noise is keyed by its index."""
   code, seq_len = PrimeCode(6, 2), 32
   probs = np.stack([_distribution(i, 6) for i in range(seq_len)])
   fn = independent_denoiser(code, probs)
   exact = None
   for top_p in (1.0, 0.7):
     tokens = {}
-    for slots, expected_slots in ((None, 2), (1, 1), (0, 0)):
+    for slots, expected_slots in ((None, 600), (7, 7), (0, 0)):
       config = sampling.SamplerConfig(num_steps=seq_len, draw_slots=slots, top_p=top_p)
-      assert sampling.draw_slot_count(LINEAR, config, seq_len, 2) == expected_slots
+      assert sampling.draw_slot_count(LINEAR, config, seq_len, 2, batch=600) == expected_slots
       tokens[slots] = np.asarray(_sample(jax.random.key(11), fn, code, (600, seq_len),
                                          config).tokens)
     np.testing.assert_array_equal(tokens[None], tokens[0])
-    np.testing.assert_array_equal(tokens[1], tokens[0])
+    np.testing.assert_array_equal(tokens[7], tokens[0])
     exact = tokens[0] if top_p == 1.0 else exact
   stat = sum(_chi2(np.bincount(exact[:, i], minlength=6), probs[i])[0] for i in range(seq_len))
   assert stat < _chi2_critical(seq_len * 5)
