@@ -335,7 +335,13 @@ def _classifier_apply(params, images, batch_size: int = 1000, *, return_features
   if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
     raise ValueError(f"the classifier takes images of shape (N, 28, 28, 1), got {images.shape}")
   fn = _classifier_fn(int(params["Dense_0"]["kernel"].shape[-1]), return_features)
-  batch_size = min(batch_size, len(images))
+  return _in_batches(fn, params, images, batch_size)
+
+
+def _in_batches(fn, params, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """fn(params, batch) over `images` (at least one) in batches of one shape, the last padded, so
+  a jitted fn compiles once."""
+  batch_size = max(1, min(batch_size, len(images)))
   out = []
   for start in range(0, len(images), batch_size):
     part = images[start:start + batch_size]
@@ -456,15 +462,9 @@ def inception_features(weights_path: str, images_uint8,
                      f"{images.dtype} {images.shape}")
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
-  fn = _inception_fn()
-  batch_size = max(1, min(batch_size, len(images)))
-  out = []
-  for start in range(0, len(images), batch_size):
-    part = images[start:start + batch_size]
-    padded = np.zeros((batch_size,) + images.shape[1:], np.uint8)
-    padded[:len(part)] = part
-    out.append(np.asarray(fn(variables, padded))[:len(part)])
-  return np.concatenate(out) if out else np.zeros((0, 2048), np.float32)
+  if not len(images):
+    return np.zeros((0, 2048), np.float32)
+  return _in_batches(_inception_fn(), variables, images, batch_size)
 
 
 def load_fid_statistics(path: str,
