@@ -19,7 +19,6 @@ import subprocess
 import sys
 from typing import Any, Optional
 
-import numpy as np
 
 TEXT_UNIT, IMAGE_UNIT = "bits/byte", "bits/pixel"
 

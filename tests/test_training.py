@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tiny
-from prime_jax import config_lib, sharding, trainer, training, writers
+from prime_jax import config_lib, sharding, trainer, writers
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 
