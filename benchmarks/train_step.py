@@ -58,7 +58,7 @@ def step_flops(vocab: int, d: int, layers: int, seq: int, batch: int) -> float:
 
 def _config(vocab_len, d, layers, heads, seq, batch, carry_over, dtype="float32"):
   c = config_lib.base_config()
-  c.model.update(length=vocab_len, d_model=d, num_layers=layers, num_heads=heads, dropout=0.0,
+  c.model.update(ell=vocab_len, d_model=d, num_layers=layers, num_heads=heads, dropout=0.0,
                  dtype=dtype)
   c.diffusion.carry_over = carry_over
   c.train.batch_size = batch

@@ -12,14 +12,14 @@ CELLS = [
              "from prime_jax import config_lib, data, forward, objectives, sampling, training\n"
              "from prime_jax.subtokens import PrimeCode"),
     ("md", "## The code: 256 byte values as ℓ = 2 digits of base 16"),
-    ("code", "code = PrimeCode(vocab_size=256, length=2)\n"
+    ("code", "code = PrimeCode(vocab_size=256, ell=2)\n"
              "print(code, 'mask value', code.mask_value)\n"
              "print('encode(65) =', code.encode(np.array([65])), 'decode ->', "
              "code.decode(code.encode(np.array([65]))))"),
     ("md", "## A tiny model from a config, and a batch of Shakespeare bytes"),
     ("code", "config = config_lib.base_config()\n"
              "config.data.update(name='shakespeare_bytes', seq_len=64)\n"
-             "config.model.update(length=2, d_model=64, num_layers=2, num_heads=2, cond_dim=32)\n"
+             "config.model.update(ell=2, d_model=64, num_layers=2, num_heads=2, cond_dim=32)\n"
              "config.optim.update(lr=2e-3, warmup_steps=10)\n"
              "config.train.update(batch_size=16, num_steps=30)\n"
              "task = training.build_task(config, vocab_size=256, example_shape=(64,))\n"

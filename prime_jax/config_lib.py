@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
       name="shakespeare_bytes", seq_len=128, data_dir=None, tokenizer=None,
       tokenizer_path=None, image_levels=256, wrap=None, num_workers=0))
   c.model = ml_collections.ConfigDict(dict(
-      type="transformer", length=2, d_model=128, num_layers=4, num_heads=4, mlp_ratio=4,
+      type="transformer", ell=2, d_model=128, num_layers=4, num_heads=4, mlp_ratio=4,
       dropout=0.0, cond_dim=128, time_conditioning=False, causal=False,
       per_digit_tables=False, combine="concat", dtype="float32", remat=False,
       scan_layers=False,
@@ -78,6 +78,21 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Keys renamed since earlier workdirs wrote their config.json: old dotted name -> current name.
+RENAMED_KEYS = {"model.length": "model.ell"}
+
+
+def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
+  """A config.json dict of any earlier version, with renamed keys under their current names."""
+  raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+  for old, new in RENAMED_KEYS.items():
+    (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+    section = raw.get(old_section)
+    if isinstance(section, dict) and old_key in section:
+      raw.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
+  return raw
+
+
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> ml_collections.ConfigDict:
   """'k=v,k2=v2' -> ConfigDict over `defaults`; unknown keys are an error naming the known ones."""
   values = dict(defaults)
@@ -109,17 +124,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _fail("diffusion.objective", d.objective, f"one of {OBJECTIVES}")
   if m.dtype not in DTYPES:
     _fail("model.dtype", m.dtype, f"one of {DTYPES}")
-  if not isinstance(m.length, int) or m.length < 1:
-    _fail("model.length", m.length, "an integer ℓ >= 1")
+  if not isinstance(m.ell, int) or m.ell < 1:
+    _fail("model.ell", m.ell, "an integer ℓ >= 1")
   if d.objective == "autoregressive":
-    if not m.causal or m.length != 1 or m.type != "transformer":
+    if not m.causal or m.ell != 1 or m.type != "transformer":
       _fail("diffusion.objective", d.objective,
-            "model.causal=True, model.length=1 and model.type='transformer' for the "
+            "model.causal=True, model.ell=1 and model.type='transformer' for the "
             "autoregressive baseline")
   elif m.causal:
     _fail("model.causal", m.causal, "False unless diffusion.objective='autoregressive'")
-  if m.type == "transformer" and m.combine == "concat" and m.d_model % m.length:
-    _fail("model.d_model", m.d_model, f"a multiple of model.length={m.length} (ℓ), since "
+  if m.type == "transformer" and m.combine == "concat" and m.d_model % m.ell:
+    _fail("model.d_model", m.d_model, f"a multiple of model.ell={m.ell} (ℓ), since "
           "the ℓ digit embeddings are concatenated (or set model.combine='sum')")
   if m.type == "transformer" and m.d_model % m.num_heads:
     _fail("model.d_model", m.d_model, f"a multiple of model.num_heads={m.num_heads}")
@@ -193,13 +208,13 @@ def apply_variant(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict)
   """Applies the shared arguments: ell (ℓ), objective, carry_over and baseline ('mdm' or 'ar')."""
   if args.baseline not in BASELINES:
     raise ValueError(f"config argument baseline={args.baseline!r}; expected one of {BASELINES}")
-  c.model.length = args.ell
+  c.model.ell = args.ell
   c.diffusion.objective = args.objective
   c.diffusion.carry_over = args.carry_over
   if args.baseline == "mdm":
-    c.model.length = 1
+    c.model.ell = 1
   elif args.baseline == "ar":
-    c.model.length = 1
+    c.model.ell = 1
     c.model.causal = True
     c.diffusion.objective = "autoregressive"
 

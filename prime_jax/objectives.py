@@ -54,7 +54,7 @@ def _carry_over_bias(code: PrimeCode, y) -> jax.Array:
   lead = jnp.shape(y)[:-1]
   bias = 0.0
   for j, bias_j in enumerate(digit_biases(code, y)):
-    bias = bias + bias_j.reshape(lead + (1,) * j + (-1,) + (1,) * (code.length - 1 - j))
+    bias = bias + bias_j.reshape(lead + (1,) * j + (-1,) + (1,) * (code.ell - 1 - j))
   return bias
 
 
@@ -70,12 +70,12 @@ def consistent_bias(code: PrimeCode, y, digits: Sequence[int]) -> jax.Array:
 
 def restrict_logits(code: PrimeCode, logits, y) -> jax.Array:
   """(..., C) float32 logits with carry-over applied: tokens inconsistent with y get NEG_INF."""
-  bias = consistent_bias(code, y, range(code.length))[..., :code.vocab_size]
+  bias = consistent_bias(code, y, range(code.ell))[..., :code.vocab_size]
   return jnp.asarray(logits, jnp.float32) + bias
 
 
 def _flat(code: PrimeCode, grid) -> jax.Array:
-  return grid.reshape(grid.shape[:-code.length] + (-1,))
+  return grid.reshape(grid.shape[:-code.ell] + (-1,))
 
 
 def _grid_axes(grid, ell: int) -> tuple[int, ...]:
@@ -104,7 +104,7 @@ def _digit_onehot_sum(code: PrimeCode, values_Dl, digits_Dl) -> jax.Array:
   for j, size in enumerate(code.grid_shape):
     hit = digits_Dl[..., j, None] == jnp.arange(size)
     term = jnp.where(hit, values_Dl[..., j, None], 0.0)
-    total = total + term.reshape(lead + (1,) * j + (size,) + (1,) * (code.length - 1 - j))
+    total = total + term.reshape(lead + (1,) * j + (size,) + (1,) * (code.ell - 1 - j))
   return total
 
 
@@ -143,10 +143,10 @@ def _masked_digit_nll(code: PrimeCode, grid, digits, masked):
 
 
 def _masked_digit_nll_fwd(code, grid, digits, masked):
-  axes = _grid_axes(grid, code.length)
+  axes = _grid_axes(grid, code.ell)
   peak = jax.lax.stop_gradient(grid.max(axis=axes))
-  e = jnp.exp(grid - peak.reshape(peak.shape + (1,) * code.length))
-  sums = _marginal_sums(e, code.length)
+  e = jnp.exp(grid - peak.reshape(peak.shape + (1,) * code.ell))
+  sums = _marginal_sums(e, code.ell)
   z = sums[0].sum(-1)  # (...,)
   hit = jnp.stack([jnp.take_along_axis(s, digits[..., j, None], axis=-1)[..., 0]
                    for j, s in enumerate(sums)], axis=-1)  # (..., ℓ)
@@ -159,7 +159,7 @@ def _masked_digit_nll_fwd(code, grid, digits, masked):
 
 def _masked_digit_nll_bwd(code, res, g):
   grid, peak, z, mu, digits, masked = res
-  expand = lambda a: a.reshape(a.shape + (1,) * code.length)
+  expand = lambda a: a.reshape(a.shape + (1,) * code.ell)
   p = jnp.exp(grid - expand(peak)) / expand(z)
   coef = expand(masked.sum(-1)) - _digit_onehot_sum(code, masked / mu, digits)
   return expand(g) * p * coef, None, None
@@ -179,9 +179,9 @@ def digit_log_marginals(code: PrimeCode, logits, y=None) -> jax.Array:
   Entries for leading-digit values that no valid token has are NEG_INF.
   """
   grid = grid_logits(code, logits, y)
-  axes = _grid_axes(grid, code.length)
+  axes = _grid_axes(grid, code.ell)
   peak = grid.max(axis=axes, keepdims=True)
-  sums = _marginal_sums(jnp.exp(grid - peak), code.length)
+  sums = _marginal_sums(jnp.exp(grid - peak), code.ell)
   log_z = jnp.log(sums[0].sum(-1, keepdims=True))
   rows = []
   for s in sums:

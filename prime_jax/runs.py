@@ -65,7 +65,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   unit = trainer._unit(run.info)  # pylint: disable=protected-access
   out = {"checkpoint_step": step, "dataset": data_config.name, "split": e.split,
          "weights": "ema" if e.use_ema else "raw", "num_time_samples": e.num_time_samples,
-         "unit": unit, "objective_trained": run.task.objective, "ell": run.task.code.length,
+         "unit": unit, "objective_trained": run.task.objective, "ell": run.task.code.ell,
          "seconds": time.perf_counter() - start, **result}
   if "joint_bits" in result:
     out["note"] = ("valid_* is an upper bound on the NLL (per-digit marginals); joint_* is the "

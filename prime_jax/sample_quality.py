@@ -114,13 +114,14 @@ def load_config_json(path: str):
   JSON lists come back as tuples, as the config files write them.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from prime_jax import config_lib  # pylint: disable=g-import-not-at-top
   if os.path.isdir(path) or not path.endswith(".json"):
     path = os.path.join(path, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: training writes the config of a workdir "
                             "there (python -m prime_jax.main --mode=train)")
   with open(path) as f:
-    raw = json.load(f)
+    raw = config_lib.upgrade_saved(json.load(f))
 
   def tuples(x):
     if isinstance(x, dict):

@@ -340,20 +340,20 @@ def _noise_width(code: PrimeCode, digit_source: str) -> int:
   """Gumbel numbers a position's draw takes per round."""
   if digit_source == "joint":
     return sum(_joint_shape(code))
-  return code.length * sum(_block_shape(code.base))
+  return code.ell * sum(_block_shape(code.base))
 
 
 def _digit_split(code: PrimeCode) -> int:
   """How many leading digits index the blocks of a joint draw (ℓ > 1): the split of the digit
   grid nearest √C, where carry-over is one small bias per axis."""
   dims = code.grid_shape
-  sizes = [math.prod(dims[:k]) + math.prod(dims[k:]) for k in range(1, code.length)]
+  sizes = [math.prod(dims[:k]) + math.prod(dims[k:]) for k in range(1, code.ell)]
   return 1 + int(np.argmin(sizes))
 
 
 def _joint_shape(code: PrimeCode) -> tuple[int, int]:
   """(blocks, width) of a joint draw: leading digits × trailing digits for ℓ > 1."""
-  if code.length == 1:
+  if code.ell == 1:
     return _block_shape(code.vocab_size)
   k, dims = _digit_split(code), code.grid_shape
   return math.prod(dims[:k]), math.prod(dims[k:])
@@ -364,10 +364,10 @@ def _joint_blocks(code: PrimeCode, scaled: jax.Array, y: jax.Array, carry_over: 
   """(…, C) scaled logits -> (…, O, I) the joint draw's blocks, NEG_INF where a code is padding
   or (with carry-over) disagrees with the visible digits of y."""
   blocks_OI = _as_blocks(scaled, _joint_shape(code))
-  if code.length > 1 and carry_over:
+  if code.ell > 1 and carry_over:
     k = _digit_split(code)
     blocks_OI = (blocks_OI + objectives.consistent_bias(code, y, range(k))[..., :, None]
-                 + objectives.consistent_bias(code, y, range(k, code.length))[..., None, :])
+                 + objectives.consistent_bias(code, y, range(k, code.ell))[..., None, :])
   return blocks_OI
 
 
@@ -395,7 +395,7 @@ def draw_digits(key: jax.Array, code: PrimeCode, logits: jax.Array, y: jax.Array
     return code.encode(_block_race(blocks_OI, noise_fn, top_p))
   log_mu = objectives.digit_log_marginals(code, scaled, y if carry_over else None)  # (…, ℓ, b)
   shape = _block_shape(code.base)
-  per_digit = lambda round_: noise_fn(round_).reshape(lead + (code.length, sum(shape)))
+  per_digit = lambda round_: noise_fn(round_).reshape(lead + (code.ell, sum(shape)))
   return _block_race(_as_blocks(log_mu, shape), per_digit, top_p)
 
 
@@ -482,7 +482,7 @@ def _batch_mesh(batch_sharding, batch: int):
 def _longest_valid_prefix(code: PrimeCode, digits: jax.Array) -> jax.Array:
   """(…, ℓ) -> (…, ℓ) digits with every digit after the longest leading run that some valid
   token shares replaced by the mask value (whole codes that are valid are unchanged)."""
-  ell = code.length
+  ell = code.ell
   powers = jnp.asarray([code.base ** (ell - 1 - j) for j in range(ell)], jnp.int32)
   keep_len = jnp.zeros(digits.shape[:-1], jnp.int32)
   for k in range(1, ell + 1):
@@ -507,7 +507,7 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
   """
   shape = tuple(int(s) for s in shape)
   check_fixed(code, shape, fixed_tokens, fixed_mask)
-  ell, mask_value = code.length, code.mask_value
+  ell, mask_value = code.ell, code.mask_value
   consts = step_constants(schedule, config)
   num_steps = config.num_steps + 1  # The grid's T steps and the final fill.
   draw_dtype = resolve_draw_dtype(config.draw_dtype)

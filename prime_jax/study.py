@@ -19,6 +19,8 @@ import subprocess
 import sys
 from typing import Any, Optional
 
+from prime_jax import config_lib
+
 
 TEXT_UNIT, IMAGE_UNIT = "bits/byte", "bits/pixel"
 
@@ -55,7 +57,7 @@ def expected_idle(config, summary: dict[str, Any]) -> dict[str, float]:
                                     for k, v in settings.items()})
   schedule = schedules.make_schedule(config["diffusion"]["schedule"])
   positions = _positions(config)
-  ell = int(config["model"]["length"])
+  ell = int(config["model"]["ell"])
   probs = sampling.idle_probability(schedule, sconf, ell * positions)
   return {"formula_idle_per_batch": float(probs.sum()),
           "formula_idle_fraction": float(probs.mean()),
@@ -71,14 +73,14 @@ def _positions(config) -> int:
 def collect_run(workdir: str, logs_dir: str, timings: list[dict[str, Any]]) -> dict[str, Any]:
   """Everything one study run produced: config, parameters, curves, evaluation and samples."""
   name = os.path.basename(os.path.normpath(workdir))
-  config = _read_json(os.path.join(workdir, "config.json"))
+  config = config_lib.upgrade_saved(_read_json(os.path.join(workdir, "config.json")))
   kind = "image" if config["model"]["type"] == "unet" else "text"
   objective = config["diffusion"]["objective"]
   run: dict[str, Any] = {
       "name": name, "kind": kind, "dataset": config["data"]["name"],
-      "ell": int(config["model"]["length"]), "objective": objective,
+      "ell": int(config["model"]["ell"]), "objective": objective,
       "baseline": "ar" if objective == "autoregressive" else ("mdm" if int(
-          config["model"]["length"]) == 1 else ""),
+          config["model"]["ell"]) == 1 else ""),
       "params": _param_count(os.path.join(logs_dir, f"{name}.train.log")),
       "steps": int(config["train"]["num_steps"]), "batch_size": int(config["train"]["batch_size"]),
       "positions": _positions(config),

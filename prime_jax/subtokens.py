@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def smallest_base(vocab_size: int, length: int) -> int:
-  """Smallest integer b with b**length >= vocab_size, in exact integer arithmetic."""
-  if length == 1:
+def smallest_base(vocab_size: int, ell: int) -> int:
+  """Smallest integer b with b**ell >= vocab_size, in exact integer arithmetic."""
+  if ell == 1:
     return vocab_size
   lo, hi = 1, vocab_size
-  while lo < hi:  # Invariant: hi**length >= vocab_size.
+  while lo < hi:  # Invariant: hi**ell >= vocab_size.
     mid = (lo + hi) // 2
-    if mid**length >= vocab_size:
+    if mid**ell >= vocab_size:
       hi = mid
     else:
       lo = mid + 1
@@ -33,19 +33,19 @@ class PrimeCode:
   """
 
   vocab_size: int
-  length: int
+  ell: int
 
   def __post_init__(self):
     if not isinstance(self.vocab_size, (int, np.integer)) or self.vocab_size < 2:
       raise ValueError(f"vocab_size must be an integer >= 2, got {self.vocab_size!r}")
-    if not isinstance(self.length, (int, np.integer)) or self.length < 1:
-      raise ValueError(f"length (ℓ) must be an integer >= 1, got {self.length!r}")
+    if not isinstance(self.ell, (int, np.integer)) or self.ell < 1:
+      raise ValueError(f"ell (ℓ) must be an integer >= 1, got {self.ell!r}")
     object.__setattr__(self, "vocab_size", int(self.vocab_size))
-    object.__setattr__(self, "length", int(self.length))
+    object.__setattr__(self, "ell", int(self.ell))
 
   @functools.cached_property
   def base(self) -> int:
-    return smallest_base(self.vocab_size, self.length)
+    return smallest_base(self.vocab_size, self.ell)
 
   @property
   def mask_value(self) -> int:
@@ -54,18 +54,18 @@ class PrimeCode:
   @property
   def num_codes(self) -> int:
     """b**ℓ: every code, valid or not."""
-    return self.base**self.length
+    return self.base**self.ell
 
   @functools.cached_property
   def first_digit_size(self) -> int:
     """How many values the leading digit takes over valid tokens: ceil(C / b**(ℓ-1)) <= b."""
-    step = self.base ** (self.length - 1)
+    step = self.base ** (self.ell - 1)
     return -(-self.vocab_size // step)
 
   @property
   def grid_shape(self) -> tuple[int, ...]:
     """Shape of the token axis reshaped into digits, padded only as far as the leading digit needs."""
-    return (self.first_digit_size,) + (self.base,) * (self.length - 1)
+    return (self.first_digit_size,) + (self.base,) * (self.ell - 1)
 
   @property
   def grid_size(self) -> int:
@@ -73,7 +73,7 @@ class PrimeCode:
 
   @functools.cached_property
   def _powers(self) -> tuple[int, ...]:
-    return tuple(self.base ** (self.length - 1 - j) for j in range(self.length))
+    return tuple(self.base ** (self.ell - 1 - j) for j in range(self.ell))
 
   def digit_table(self) -> np.ndarray:
     """(C, ℓ) int32 array: row x holds the digits of token x."""
@@ -91,8 +91,8 @@ class PrimeCode:
     """(..., ℓ) digits in [0, b) -> (...,) integers in [0, b**ℓ); codes >= C are invalid."""
     xp = np if isinstance(digits, np.ndarray) else jnp
     digits = xp.asarray(digits)
-    if digits.shape[-1:] != (self.length,):
-      raise ValueError(f"digits must end in an axis of size ℓ={self.length}, got shape {digits.shape}")
+    if digits.shape[-1:] != (self.ell,):
+      raise ValueError(f"digits must end in an axis of size ℓ={self.ell}, got shape {digits.shape}")
     powers = xp.asarray(self._powers, dtype=digits.dtype)
     return (digits * powers).sum(-1)
 
@@ -104,7 +104,7 @@ class PrimeCode:
     return in_range & (self.decode(xp.clip(digits, 0, self.base - 1)) < self.vocab_size)
 
   def __repr__(self) -> str:
-    return f"PrimeCode(vocab_size={self.vocab_size}, length={self.length}, base={self.base})"
+    return f"PrimeCode(vocab_size={self.vocab_size}, ell={self.ell}, base={self.base})"
 
 
 def _check_range(values, upper: int, name: str) -> None:

@@ -252,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     overview = parameter_overview.get_parameter_overview(state.params, include_stats=False)
     logging.info("parameters:\n%s", overview)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    print(f"[train] {run.info.name}: C={run.task.code.vocab_size} ℓ={run.task.code.length} "
+    print(f"[train] {run.info.name}: C={run.task.code.vocab_size} ℓ={run.task.code.ell} "
           f"b={run.task.code.base} objective={run.task.objective} params={n_params:,} "
           f"mesh={dict(run.mesh.shape)}", flush=True)
   train_step = make_train_step(run)

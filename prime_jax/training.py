@@ -115,7 +115,7 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 
 def build_task(config: ml_collections.ConfigDict, vocab_size: int,
                example_shape: tuple[int, ...]) -> Task:
-  code = PrimeCode(vocab_size, config.model.length)
+  code = PrimeCode(vocab_size, config.model.ell)
   d = config.diffusion
   return Task(code=code, model=build_model(config, code, example_shape),
               schedule=build_schedule(config), tx=build_optimizer(config),
@@ -127,7 +127,7 @@ def build_task(config: ml_collections.ConfigDict, vocab_size: int,
 def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
                boxed: bool = False) -> TrainState:
   """A fresh state; with `boxed` the parameters keep their logical-axis boxes (for shardings)."""
-  y = jnp.zeros((1,) + tuple(example_shape) + (task.code.length,), jnp.int32)
+  y = jnp.zeros((1,) + tuple(example_shape) + (task.code.ell,), jnp.int32)
   params = task.model.init({"params": key}, y, jnp.ones((1,)), train=False)["params"]
   if not boxed:
     params = nn.meta.unbox(params)

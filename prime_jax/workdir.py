@@ -15,13 +15,13 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from prime_jax import checkpointing
+from prime_jax import checkpointing, config_lib
 
 # (field, what it decides). Fields that only change speed or regularisation (dtype, remat,
 # dropout) and the optimizer's numbers may change between runs of one workdir.
 COMMON_FIELDS = (
     ("model.type", "model type"),
-    ("model.length", "ℓ, sub-tokens per token"),
+    ("model.ell", "ℓ, sub-tokens per token"),
     ("model.time_conditioning", "model inputs"),
     ("model.per_digit_tables", "embedding tables"),
     ("model.combine", "embedding shapes"),
@@ -124,7 +124,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, run: Optional[Any] = 
     if os.path.exists(path):
       try:
         with open(path) as f:
-          differences = config_differences(json.load(f), config)
+          differences = config_differences(config_lib.upgrade_saved(json.load(f)), config)
       except (OSError, ValueError) as e:
         print(f"[workdir] {path} is unreadable ({type(e).__name__}); comparing parameter "
               "shapes only", flush=True)

@@ -50,7 +50,7 @@ def entropy(probs: np.ndarray) -> float:
 def noised_batch(code: PrimeCode, seq_len: int):
   """Every (sequence, mask pattern) pair: x0 (N, L), y (N, L, ℓ), and each pair's masked count."""
   seqs = all_sequences(code.vocab_size, seq_len)
-  masks = all_mask_patterns(seq_len * code.length).reshape(-1, seq_len, code.length)
+  masks = all_mask_patterns(seq_len * code.ell).reshape(-1, seq_len, code.ell)
   x0 = np.repeat(seqs, len(masks), axis=0)
   m = np.tile(masks, (len(seqs), 1, 1))
   y = np.where(m, code.mask_value, code.encode(x0)).astype(np.int32)

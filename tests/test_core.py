@@ -47,8 +47,8 @@ def test_invalid_codes_detected():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(vocab_size=1, length=2), "vocab_size"), (dict(vocab_size=10, length=0), "length"),
-    (dict(vocab_size=2.5, length=1), "vocab_size")])
+    (dict(vocab_size=1, ell=2), "vocab_size"), (dict(vocab_size=10, ell=0), "ell"),
+    (dict(vocab_size=2.5, ell=1), "vocab_size")])
 def test_bad_code_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     PrimeCode(**kwargs)
@@ -205,11 +205,11 @@ def test_restrict_logits_matches_consistency_set():
 def _reference_valid(code, logits, x0, y, carry_over):
   """The valid loss by plain autodiff: every digit marginal as a logsumexp over the other axes."""
   grid = objectives.grid_logits(code, logits, y if carry_over else None)
-  axes = tuple(range(grid.ndim - code.length, grid.ndim))
+  axes = tuple(range(grid.ndim - code.ell, grid.ndim))
   log_z = jax.nn.logsumexp(grid, axis=axes)
   digits = code.encode(x0)
   total = 0.0
-  for j in range(code.length):
+  for j in range(code.ell):
     others = tuple(a for a in axes if a != axes[j])
     row = jax.nn.logsumexp(grid, axis=others) if others else grid
     hit = jnp.take_along_axis(row, digits[..., j, None], axis=-1)[..., 0]
@@ -219,7 +219,7 @@ def _reference_valid(code, logits, x0, y, carry_over):
 
 def _reference_joint(code, logits, x0, y, carry_over):
   grid = objectives.grid_logits(code, logits, y if carry_over else None)
-  flat = grid.reshape(grid.shape[:-code.length] + (-1,))
+  flat = grid.reshape(grid.shape[:-code.ell] + (-1,))
   nll = -jnp.take_along_axis(jax.nn.log_softmax(flat), x0[..., None], axis=-1)[..., 0]
   return jnp.where((y == code.mask_value).any(-1), nll, 0.0)
 

@@ -22,7 +22,7 @@ LINEAR = schedules.LogLinear(eps=0.0)
 
 
 def random_denoiser(code, seq_len, seed, scale=1.5):
-  n = seq_len * code.length
+  n = seq_len * code.ell
   table = jnp.asarray(np.random.default_rng(seed).normal(
       0, scale, ((code.base + 1) ** n, seq_len, code.vocab_size)), jnp.float32)
   radix = jnp.asarray((code.base + 1) ** np.arange(n)[::-1], jnp.int32)
@@ -31,11 +31,11 @@ def random_denoiser(code, seq_len, seed, scale=1.5):
 
 def exact_bound_and_nll(code, denoise_fn, x):
   """x (L,) -> (expected valid bound, -log p_model(x)) by enumerating all 2^n masked sets."""
-  seq_len, n = len(x), len(x) * code.length
+  seq_len, n = len(x), len(x) * code.ell
   digits = code.encode(np.asarray(x)).reshape(n)
   subsets = np.arange(2**n)
   masked = (subsets[:, None] >> np.arange(n)) & 1 == 1  # (2^n, n); bit j: sub-token j masked.
-  y = np.where(masked, code.mask_value, digits).reshape(-1, seq_len, code.length)
+  y = np.where(masked, code.mask_value, digits).reshape(-1, seq_len, code.ell)
   log_mu = objectives.digit_log_marginals(code, denoise_fn(jnp.asarray(y), None), y)
   log_mu = np.asarray(log_mu, np.float64).reshape(2**n, n, code.base)
   target = log_mu[:, np.arange(n), digits]  # (2^n, n)

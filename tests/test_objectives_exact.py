@@ -27,7 +27,7 @@ def _random_distribution(rng, size, zeros=0):
 def _integrate(loss_fn, code, schedule, probs, seq_len, logits, nodes=96):
   """Σ_x p(x) ∫ E_{y~q(.|x,t)} [Σ_i loss_i] dt by Gauss-Legendre quadrature over t."""
   x0, y, k, seq_index = noised_batch(code, seq_len)
-  n = seq_len * code.length
+  n = seq_len * code.ell
   weight_x = probs[seq_index]
   keep = weight_x > 0
   x0, y, k, weight_x, logits = x0[keep], y[keep], k[keep], weight_x[keep], logits[keep]

@@ -6,6 +6,7 @@ each restart costs seconds, not a compile.
 """
 
 import glob
+import json
 import os
 import random
 import select
@@ -287,7 +288,7 @@ def test_nan_skip_cap_names_the_first_step_beyond_it(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,expected", [
-    (dict(model__length=4), "model.length: 2 in the workdir, 4 now (ℓ, sub-tokens per token)"),
+    (dict(model__ell=4), "model.ell: 2 in the workdir, 4 now (ℓ, sub-tokens per token)"),
     (dict(model__d_model=64), "model.d_model: 32 in the workdir, 64 now (model shapes)"),
     (dict(data__name="shakespeare_chars"), "data.tokenizer: 'bytes' in the workdir, 'chars' now"),
     (dict(model__scan_layers=True), "model.scan_layers: False in the workdir, True now"),
@@ -315,13 +316,25 @@ def test_workdir_without_config_json_is_checked_by_parameter_shapes(trained, tmp
   assert workdir.check(_ckpt_config(), path, trainer.prepare(_ckpt_config())) == []
 
 
+def test_config_json_of_an_earlier_version_still_resumes(trained, tmp_path):
+  """Workdirs written before ℓ was renamed (model.length -> model.ell) keep working."""
+  path = _copy(trained, tmp_path)
+  config_path = os.path.join(path, "config.json")
+  saved = json.load(open(config_path))
+  saved["model"]["length"] = saved["model"].pop("ell")
+  json.dump(saved, open(config_path, "w"))
+  assert workdir.check(_ckpt_config(), path, trainer.prepare(_ckpt_config())) == []
+  with pytest.raises(workdir.IncompatibleWorkdirError, match=r"model.ell: 2 in the workdir, 4"):
+    workdir.check(_ckpt_config(model__ell=4), path, None)
+
+
 def test_compatible_changes_and_the_override_are_allowed(trained, tmp_path, capsys):
   path = _copy(trained, tmp_path)
   same_shapes = _ckpt_config(optim__lr=1e-4, model__dropout=0.1, train__num_steps=8)
   assert workdir.check(same_shapes, path, trainer.prepare(same_shapes)) == []
-  forced = _ckpt_config(model__length=4, train__allow_incompatible_workdir=True)
+  forced = _ckpt_config(model__ell=4, train__allow_incompatible_workdir=True)
   differences = workdir.check(forced, path, trainer.prepare(forced))
-  assert differences == ["model.length: 2 in the workdir, 4 now (ℓ, sub-tokens per token)"]
+  assert differences == ["model.ell: 2 in the workdir, 4 now (ℓ, sub-tokens per token)"]
   assert "restoring what fits anyway" in capsys.readouterr().out
   assert workdir.check(same_shapes, str(tmp_path / "fresh"), None) == []
 
@@ -389,14 +402,14 @@ def test_cli_flag_errors(tmp_path, args, match):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (dict(model__length=0), r"model.length=0 is invalid: expected an integer ℓ >= 1"),
+    (dict(model__ell=0), r"model.ell=0 is invalid: expected an integer ℓ >= 1"),
     (dict(model__dropout=1.0), r"model.dropout=1.0 is invalid: expected a number in \[0, 1\)"),
     (dict(diffusion__t_min=0.0), r"diffusion.t_min=0.0 is invalid: expected a number in \(0, 1\)"),
     (dict(optim__ema_decay=1.0), r"optim.ema_decay=1.0 is invalid"),
     (dict(optim__lr_schedule="step"), r"optim.lr_schedule='step' is invalid: expected one of"),
     (dict(train__num_steps=0), r"train.num_steps=0 is invalid: expected a positive integer"),
     (dict(model__type="resnet"), r"model.type='resnet' is invalid: expected one of"),
-    (dict(diffusion__objective="autoregressive"), r"model.causal=True, model.length=1"),
+    (dict(diffusion__objective="autoregressive"), r"model.causal=True, model.ell=1"),
     (dict(sample__batch_size=4), r"sample.batch_size=4 is invalid.*data×fsdp = 8"),
     (dict(mesh__tensor=0), r"mesh.tensor=0 is invalid: expected a positive integer or -1"),
     (dict(mesh__data=3, mesh__fsdp=-1), r"does not divide the 8 available devices"),

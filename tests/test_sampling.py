@@ -42,9 +42,9 @@ def _distribution(seed, size, zeros=0):
 
 def exact_denoiser(code: PrimeCode, probs: np.ndarray, seq_len: int):
   """denoise_fn(y, t) returning the exact posterior's log-probs, looked up by y (t is unused)."""
-  n = seq_len * code.length
+  n = seq_len * code.ell
   patterns = np.array(list(itertools.product(range(code.base + 1), repeat=n)), np.int32)
-  post = exact_posterior(code, probs, patterns.reshape(-1, seq_len, code.length))
+  post = exact_posterior(code, probs, patterns.reshape(-1, seq_len, code.ell))
   table = jnp.asarray(np.log(np.maximum(post, 1e-30)), jnp.float32)
   radix = jnp.asarray((code.base + 1) ** np.arange(n)[::-1], jnp.int32)
 
@@ -120,14 +120,14 @@ def test_samplers_reproduce_data_distribution(digit_source, carry_over, vocab_si
 def independent_denoiser(code: PrimeCode, probs_LC: np.ndarray):
   """Exact posterior of independent positions, position i with token distribution probs_LC[i]."""
   seq_len = len(probs_LC)
-  patterns = np.array(list(itertools.product(range(code.base + 1), repeat=code.length)), np.int32)
+  patterns = np.array(list(itertools.product(range(code.base + 1), repeat=code.ell)), np.int32)
   digits = code.digit_table()  # (C, ℓ)
   visible = patterns != code.mask_value
   agree = ((digits[None] == patterns[:, None]) | ~visible[:, None]).all(-1)  # (Pat, C)
   post = agree[None] * probs_LC[:, None, :]  # (L, Pat, C)
   post = post / np.maximum(post.sum(-1, keepdims=True), 1e-300)
   table = jnp.asarray(np.log(np.maximum(post, 1e-30)), jnp.float32)
-  radix = jnp.asarray((code.base + 1) ** np.arange(code.length)[::-1], jnp.int32)
+  radix = jnp.asarray((code.base + 1) ** np.arange(code.ell)[::-1], jnp.int32)
 
   def denoise_fn(y, t):
     del t
@@ -189,7 +189,7 @@ def test_idle_fraction_matches_formula_and_calls_equal_busy_steps():
   out = run(jax.random.split(jax.random.key(1), runs))
   changes = np.asarray(out.changes_per_step)  # (R, T+1)
   idle = changes == 0
-  p_idle = sampling.idle_probability(LINEAR, config, code.length * seq_len)
+  p_idle = sampling.idle_probability(LINEAR, config, code.ell * seq_len)
   np.testing.assert_allclose(p_idle[:-1], (1.0 - (1 - 1e-5) / seq_len) ** 16, rtol=1e-5)
   for k in range(seq_len):
     sd = np.sqrt(runs * p_idle[k] * (1 - p_idle[k]))
@@ -461,7 +461,7 @@ def _restricted(code, probs, y):
 def test_joint_draws_follow_the_distribution_restricted_to_visible_digits(vocab, visible):
   """The joint draw works on blocks of the digit grid with carry-over as per-axis biases."""
   code = PrimeCode(vocab, len(visible))  # ℓ=3: grid (3, 4, 4) as 12 blocks × 4; ℓ=2: (7, 8).
-  ell = code.length
+  ell = code.ell
   y = np.where(np.asarray(visible) < 0, code.mask_value, visible)
   probs = np.random.default_rng(4).dirichlet(np.full(vocab, 0.8))
   target = _restricted(code, probs, y)

@@ -34,9 +34,9 @@ def test_every_config_file_builds_and_validates(path):
 
 
 @pytest.mark.parametrize("arg,check", [
-    ("ell=4", lambda c: c.model.length == 4),
-    ("ell=8,objective='joint'", lambda c: c.model.length == 8 and c.diffusion.objective == "joint"),
-    ("baseline=mdm", lambda c: c.model.length == 1 and not c.model.causal),
+    ("ell=4", lambda c: c.model.ell == 4),
+    ("ell=8,objective='joint'", lambda c: c.model.ell == 8 and c.diffusion.objective == "joint"),
+    ("baseline=mdm", lambda c: c.model.ell == 1 and not c.model.causal),
     ("baseline=ar", lambda c: c.model.causal and c.diffusion.objective == "autoregressive"),
     ("carry_over=False", lambda c: c.diffusion.carry_over is False),
 ])
@@ -55,7 +55,7 @@ def test_config_argument_errors():
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda c: c.model.update(length=3), r"model.d_model=32.*multiple of model.length=3"),
+    (lambda c: c.model.update(ell=3), r"model.d_model=32.*multiple of model.ell=3"),
     (lambda c: c.train.update(batch_size=12), r"train.batch_size=12.*data×fsdp = 8"),
     (lambda c: c.mesh.update(data=3, fsdp=1, tensor=1), r"needs 3 devices but 8 are available"),
     (lambda c: c.mesh.update(data=-1, fsdp=-1), r"at most one axis may be -1"),

@@ -22,7 +22,7 @@ def check_embedding_config(code: PrimeCode, features: int, per_digit_tables: boo
     raise ValueError(f"{owner}: combine must be one of {COMBINE_MODES}, got {combine!r}")
   if not isinstance(features, int) or features < 1:
     raise ValueError(f"{owner}: {features_field} must be a positive integer, got {features!r}")
-  ell = code.length
+  ell = code.ell
   if combine == "concat" and features % ell:
     raise ValueError(
         f"{owner}: {features_field}={features} must be divisible by the code length ℓ={ell} "
@@ -58,11 +58,11 @@ class PrimeEmbedding(nn.Module):
   @property
   def digit_features(self) -> int:
     """Width of one digit's embedding."""
-    return self.features // self.code.length if self.combine == "concat" else self.features
+    return self.features // self.code.ell if self.combine == "concat" else self.features
 
   @nn.compact
   def __call__(self, y: jax.Array) -> jax.Array:
-    ell, rows = self.code.length, self.code.base + 1
+    ell, rows = self.code.ell, self.code.base + 1
     if y.shape[-1:] != (ell,):
       raise ValueError(f"PrimeEmbedding: input must end in an axis of size ℓ={ell}, "
                        f"got shape {y.shape}")

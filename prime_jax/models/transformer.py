@@ -143,7 +143,7 @@ class PrimeTransformer(nn.Module):
   @nn.compact
   def __call__(self, y_BLl: jax.Array, t_B: Optional[jax.Array] = None, *,
                train: bool) -> jax.Array:
-    ell = self.code.length
+    ell = self.code.ell
     if y_BLl.ndim != 3 or y_BLl.shape[-1] != ell:
       raise ValueError(f"{type(self).__name__}: input must have shape (B, L, ℓ={ell}), "
                        f"got {y_BLl.shape}")

@@ -205,7 +205,7 @@ class PrimeUNet(nn.Module):
     """Embedding width per pixel channel."""
     if self.emb_features is not None:
       return self.emb_features
-    ell = self.code.length
+    ell = self.code.ell
     return max(ell, (self.ch // self.image_channels) // ell * ell)
 
   @property
@@ -214,7 +214,7 @@ class PrimeUNet(nn.Module):
 
   def _check_input(self, y: jax.Array) -> None:
     """Shape checks done before any parameter is touched."""
-    name, ell, k = type(self).__name__, self.code.length, self.image_channels
+    name, ell, k = type(self).__name__, self.code.ell, self.image_channels
     if y.ndim != 5 or y.shape[-2:] != (k, ell):
       raise ValueError(f"{name}: input must have shape (B, H, W, image_channels={k}, ℓ={ell}), "
                        f"got {y.shape}")
