@@ -23,7 +23,7 @@ from typing import Any
 
 import jax
 
-from prime_jax import checkpointing, config_lib, data, trainer
+from prime_jax import checkpointing, config as config_lib, data, experiment
 
 
 def shakespeare_config(large: bool = False):
@@ -38,8 +38,8 @@ def shakespeare_config(large: bool = False):
 
 def time_saves(config: Any, repeats: int, directory: str) -> dict[str, float]:
   """Median seconds per save: async blocked, async in the background, and synchronous."""
-  run = trainer.prepare(config)
-  state = jax.block_until_ready(trainer.init_state(run, config.seed))
+  run = experiment.build(config)
+  state = jax.block_until_ready(experiment.init_state(run, config.seed))
   iterator = iter(data.make_loader(config.data, "train", batch_size=config.train.batch_size,
                                    seed=0, shuffle=True, num_epochs=None))
   next(iterator)

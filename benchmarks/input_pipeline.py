@@ -13,7 +13,7 @@ import argparse
 import time
 from typing import Any
 
-from prime_jax import config_lib, data
+from prime_jax import config as config_lib, data, experiment
 
 
 def batches_per_second(config: Any, batch_size: int, num_batches: int = 200,
@@ -57,11 +57,11 @@ def train_steps_per_second(config_path: str, steps: int = 10) -> float:
   """Steps/s of the jitted train step of a config file, on one fixed batch (compile excluded)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from prime_jax import config_lib, sharding, trainer  # pylint: disable=g-import-not-at-top
+  from prime_jax import sharding  # pylint: disable=g-import-not-at-top
   config = config_lib.load(config_path)
-  run = trainer.prepare(config)
-  step = trainer.make_train_step(run)
-  state = trainer.init_state(run, 0)
+  run = experiment.build(config)
+  step = experiment.make_train_step(run)
+  state = experiment.init_state(run, 0)
   tokens = np.zeros((config.train.batch_size,) + run.example_shape, np.int32)
   batch = sharding.global_batch(tokens, sharding.batch_sharding(run.mesh))
   state, metrics = step(state, batch)

@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from prime_jax import config_lib, sharding, training  # noqa: E402
+from prime_jax import config as config_lib, sharding, step as step_lib  # noqa: E402
 from prime_jax.models import transformer_body_matmul_params  # noqa: E402
 
 
@@ -72,16 +72,16 @@ def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, b
   c = _config(ell, d, layers, heads, seq, batch, carry_over, dtype)
   devices = devices or jax.devices()[:1]
   c.mesh.update(data=len(devices), fsdp=1, tensor=1)
-  task = training.build_task(c, vocab, (seq,))
+  task = step_lib.build_task(c, vocab, (seq,))
   mesh = sharding.make_mesh(c, devices)
   rules = sharding.rules(c)
   with sharding.activate(mesh, rules):
-    abstract = jax.eval_shape(lambda k: training.init_state(task, k, (seq,), boxed=True),
+    abstract = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,), boxed=True),
                               jax.random.key(0))
     shard = sharding.tree_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda k: training.init_state(task, k, (seq,)),
+    state = jax.jit(lambda k: step_lib.init_state(task, k, (seq,)),
                     out_shardings=shard)(jax.random.key(0))
-    step = jax.jit(functools.partial(training.train_step, task),
+    step = jax.jit(functools.partial(step_lib.train_step, task),
                    in_shardings=(shard, sharding.batch_sharding(mesh)),
                    out_shardings=(shard, None), donate_argnums=0)
     tokens = sharding.global_batch(

@@ -4,10 +4,10 @@
 Arguments: ell, objective (default: the paper's unweighted cross_entropy), carry_over, baseline.
 """
 
-from prime_jax import config_lib
+from prime_jax import config
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, dict(ell=2, objective="cross_entropy", carry_over=True,
-                                        baseline=""))
-  return config_lib.paper_image_config(args, "cifar10")
+  args = config.parse_arg(arg, dict(ell=2, objective="cross_entropy", carry_over=True,
+                                    baseline=""))
+  return config.paper_image_config(args, "cifar10")

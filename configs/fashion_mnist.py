@@ -4,13 +4,13 @@
 Arguments: ell, objective, carry_over, baseline (''|mdm), levels, steps.
 """
 
-from prime_jax import config_lib
+from prime_jax import config
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
-                                        levels=256, steps=600))
-  c = config_lib.base_config()
+  args = config.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
+                                    levels=256, steps=600))
+  c = config.base_config()
   c.data.name = "fashion_mnist_local"
   c.data.image_levels = args.levels
   c.model.update(type="unet", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(7,),
@@ -21,5 +21,5 @@ def get_config(arg=None):
                  eval_batches=4, checkpoint_every=200)
   c.eval.update(batch_size=32, num_batches=8, num_time_samples=2)
   c.sample.update(num_samples=16, batch_size=16, steps=64)
-  config_lib.apply_variant(c, args)
+  config.apply_variant(c, args)
   return c

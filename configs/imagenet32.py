@@ -3,12 +3,12 @@
   python -m prime_jax.main --config=configs/imagenet32.py --workdir=DIR
 """
 
-from prime_jax import config_lib
+from prime_jax import config
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, dict(ell=2, objective="cross_entropy", carry_over=True,
-                                        baseline=""))
-  c = config_lib.paper_image_config(args, "imagenet32")
+  args = config.parse_arg(arg, dict(ell=2, objective="cross_entropy", carry_over=True,
+                                    baseline=""))
+  c = config.paper_image_config(args, "imagenet32")
   c.sample.steps = 1024
   return c

@@ -3,13 +3,13 @@
   python -m prime_jax.main --config=configs/lm1b.py:ell=2 --workdir=DIR
 """
 
-from prime_jax import config_lib
+from prime_jax import config
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
-                                        data_dir=""))
-  c = config_lib.base_config()
+  args = config.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
+                                    data_dir=""))
+  c = config.base_config()
   c.data.update(name="lm1b", seq_len=128, tokenizer="bert-base-uncased", wrap=False,
                 data_dir=args.data_dir or None)
   c.model.update(d_model=768, num_layers=12, num_heads=12, dropout=0.1, dtype="bfloat16")
@@ -18,5 +18,5 @@ def get_config(arg=None):
                  checkpoint_every=5000, keep_last=3, keep_every=100_000)
   c.eval.update(batch_size=256, num_batches=0)
   c.sample.update(num_samples=64, batch_size=64, steps=128, digit_source="joint")
-  config_lib.apply_variant(c, args)
+  config.apply_variant(c, args)
   return c

@@ -5,13 +5,13 @@ Arguments: ell (1, 2, 3, 4, 6, 8), objective, carry_over, baseline (''|mdm|ar).
 Prepare the data first: python -m prime_jax.data.prepare openwebtext --out=DIR.
 """
 
-from prime_jax import config_lib
+from prime_jax import config
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
-                                        data_dir="data/openwebtext"))
-  c = config_lib.base_config()
+  args = config.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
+                                    data_dir="data/openwebtext"))
+  c = config.base_config()
   c.data.update(name="openwebtext", seq_len=1024, tokenizer="gpt2", data_dir=args.data_dir)
   c.model.update(d_model=768, num_layers=12, num_heads=12, dropout=0.1, dtype="bfloat16",
                  remat=True)
@@ -22,5 +22,5 @@ def get_config(arg=None):
   c.eval.update(batch_size=64, num_batches=0, num_time_samples=1)
   c.sample.update(num_samples=64, batch_size=64, steps=512, digit_source="joint", top_p=0.95)
   c.mesh.update(data=-1, fsdp=1, tensor=1)
-  config_lib.apply_variant(c, args)
+  config.apply_variant(c, args)
   return c

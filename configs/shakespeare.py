@@ -4,13 +4,13 @@
 Arguments: ell, objective (valid|joint), carry_over, baseline (''|mdm|ar), steps.
 """
 
-from prime_jax import config_lib
+from prime_jax import config
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
-                                        steps=600))
-  c = config_lib.base_config()
+  args = config.parse_arg(arg, dict(ell=2, objective="valid", carry_over=True, baseline="",
+                                    steps=600))
+  c = config.base_config()
   c.data.name = "shakespeare_bytes"
   c.data.seq_len = 128
   c.model.update(d_model=128, num_layers=4, num_heads=4, dropout=0.0)
@@ -20,5 +20,5 @@ def get_config(arg=None):
                  eval_batches=4, checkpoint_every=200, sample_every=300)
   c.eval.update(batch_size=32, num_batches=16, num_time_samples=4)
   c.sample.update(num_samples=8, batch_size=8, steps=128)
-  config_lib.apply_variant(c, args)
+  config.apply_variant(c, args)
   return c

@@ -228,18 +228,3 @@ def valid_loss(code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
 def cross_entropy_loss(code: PrimeCode, logits, x0, y_t, carry_over: bool = True) -> jax.Array:
   """Unweighted -log p(x0 | y_t) on every token: how the released image models were trained."""
   return -token_log_probs(code, logits, x0, y_t if carry_over else None)
-
-
-OBJECTIVES = ("valid", "joint", "cross_entropy")
-
-
-def loss_per_token(objective: str, code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
-                   carry_over: bool = True) -> jax.Array:
-  """Dispatches on the objective's config name; see OBJECTIVES."""
-  if objective == "valid":
-    return valid_loss(code, schedule, logits, x0, y_t, t, carry_over)
-  if objective == "joint":
-    return joint_loss(code, schedule, logits, x0, y_t, t, carry_over)
-  if objective == "cross_entropy":
-    return cross_entropy_loss(code, logits, x0, y_t, carry_over)
-  raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")

@@ -108,28 +108,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 # --- Generative perplexity under the project's own autoregressive baseline. ---------------------
 
-def load_config_json(path: str):
-  """The `ml_collections.ConfigDict` saved in a workdir's config.json (a dir or the file itself).
-
-  JSON lists come back as tuples, as the config files write them.
-  """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from prime_jax import config_lib  # pylint: disable=g-import-not-at-top
-  if os.path.isdir(path) or not path.endswith(".json"):
-    path = os.path.join(path, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist: training writes the config of a workdir "
-                            "there (python -m prime_jax.main --mode=train)")
-  with open(path) as f:
-    raw = config_lib.upgrade_saved(json.load(f))
-
-  def tuples(x):
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
-  return ml_collections.ConfigDict(tuples(raw))
-
-
 @dataclasses.dataclass
 class Scorer:
   """An autoregressive model restored from a workdir; `log_prob_fn(tokens (B, L)) -> (B, L)`."""
@@ -148,26 +126,17 @@ def load_scorer(workdir: str, *, use_ema: bool = True, step: int = -1,
   context); it runs in fixed chunks of `batch_size` rows, padded, so it compiles once.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  # pylint: disable=g-import-not-at-top
-  from prime_jax import objectives, runs, sharding, trainer, training
-  # pylint: enable=g-import-not-at-top
-  config = load_config_json(workdir)
+  from prime_jax import config as config_lib, experiment, sharding  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_json(workdir)
   if config.diffusion.objective != "autoregressive":
     raise ValueError(
         f"{workdir} holds a model with diffusion.objective={config.diffusion.objective!r}; "
         "scoring samples needs the causal baseline (e.g. configs/shakespeare.py:baseline=ar)")
-  run = trainer.prepare(config)
-  found, state = runs.restore(run, workdir, step)
+  run = experiment.build(config)
+  found, state = experiment.restore(run, workdir, step)
   params = state.ema_params if use_ema else state.params
-  code, model = run.task.code, run.task.model
-
-  def fn(p, tokens):
-    logits = model.apply({"params": p}, training.autoregressive_inputs(code, tokens), None,
-                         train=False)
-    return objectives.token_log_probs(code, logits, tokens)
+  jitted = experiment.make_log_prob_step(run)
   batch = sharding.batch_sharding(run.mesh)
-  jitted = jax.jit(fn, in_shardings=(run.state_shardings.params, batch),
-                   out_shardings=sharding.replicated(run.mesh))
   shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
   chunk = -(-batch_size // shards) * shards
   length = run.example_shape[0]

@@ -65,11 +65,19 @@ Schedule = LogLinear | Polynomial | Cosine
 SCHEDULES = {"loglinear": LogLinear, "polynomial": Polynomial, "cosine": Cosine}
 
 
-def make_schedule(name: str, **kwargs) -> Schedule:
-  """Builds a schedule by config name ('loglinear', 'polynomial', 'cosine')."""
+def make_schedule(name: str, **settings: float) -> Schedule:
+  """Builds a schedule by config name ('loglinear', 'polynomial', 'cosine').
+
+  `settings` may hold every schedule's field (eps, power): each class takes the ones it has.
+  """
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
-  return SCHEDULES[name](**kwargs)
+  cls = SCHEDULES[name]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(settings) - {"eps", "power"}
+  if unknown:
+    raise ValueError(f"unknown schedule settings {sorted(unknown)}; expected eps or power")
+  return cls(**{k: v for k, v in settings.items() if k in fields})
 
 
 def sample_times(key: jax.Array, batch_size: int, t_min: float = 1e-5,

@@ -14,8 +14,10 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
-from prime_jax import checkpointing, config_lib
+from prime_jax import checkpointing, config as config_lib, errors, step
+from prime_jax.data import registry
 
 # (field, what it decides). Fields that only change speed or regularisation (dtype, remat,
 # dropout) and the optimizer's numbers may change between runs of one workdir.
@@ -43,8 +45,8 @@ UNET_FIELDS = (
 )
 
 
-class IncompatibleWorkdirError(ValueError):
-  pass
+class IncompatibleWorkdirError(errors.UserError):
+  """Checkpoints in the workdir that the config given cannot resume."""
 
 
 def _get(tree: Any, field: str) -> Any:
@@ -59,7 +61,6 @@ def _tokenizer(data: Any) -> Any:
   """The tokenizer a data config resolves to (None means the dataset's default)."""
   name, tok = _get(data, "name"), _get(data, "tokenizer")
   if tok is None and name is not None:
-    from prime_jax.data import registry  # pylint: disable=g-import-not-at-top
     try:
       tok = registry.spec_of(name).tokenizer
     except (KeyError, ValueError):
@@ -101,10 +102,9 @@ def shape_differences(saved: dict[str, tuple], expected: dict[str, tuple],
 
 
 def expected_param_shapes(run: Any) -> dict[str, tuple[int, ...]]:
-  """{'a/b/kernel': shape} of a fresh state of `run` (a trainer.Run), without computing it."""
-  from prime_jax import training  # pylint: disable=g-import-not-at-top
+  """{'a/b/kernel': shape} of a fresh state of `run` (an Experiment), without computing it."""
   abstract = jax.eval_shape(
-      lambda k: training.init_state(run.task, k, run.example_shape), jax.random.key(0))
+      lambda k: step.init_state(run.task, k, run.example_shape), jax.random.key(0))
   leaves = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
   return {checkpointing.path_name(p): tuple(x.shape) for p, x in leaves}
 
@@ -133,7 +133,6 @@ def check(config: ml_collections.ConfigDict, workdir: str, run: Optional[Any] = 
       if saved is not None:
         differences = shape_differences(saved, expected_param_shapes(run))
   if jax.process_count() > 1:  # Every process has read config.json before the chief rewrites it.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("prime_jax_workdir_check")
   if not differences:
     return []

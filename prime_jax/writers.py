@@ -119,3 +119,11 @@ def console_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
     parts.append(f"{scalars['steps_per_sec']:.2f} steps/s "
                  f"{scalars['tokens_per_sec']:.0f} tok/s ETA {eta / 60:.1f} min")
   return " | ".join(parts)
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> str:
+  """Writes `payload` as indented JSON at `path` (creating its directory); returns the path."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=1, default=str)
+  return path

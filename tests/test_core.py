@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prime_jax import forward, objectives, schedules
+from prime_jax import forward, losses, objectives, schedules
 from prime_jax.subtokens import PrimeCode, smallest_base
 
 
@@ -173,20 +173,18 @@ def test_gradients_finite_with_bfloat16_logits_and_singleton_sets(objective, len
   t = jnp.array([0.3, 0.9])
 
   def loss(lg):
-    return objectives.loss_per_token(objective, code, schedules.LogLinear(), lg, x0, y, t).mean()
+    return losses.get(objective).token_loss(code, schedules.LogLinear(), lg, x0, y, t).mean()
 
   value, grad = jax.value_and_grad(loss)(logits)
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad, np.float32)))
-  per_token = objectives.loss_per_token(objective, code, schedules.LogLinear(), logits, x0, y, t)
+  per_token = losses.get(objective).token_loss(code, schedules.LogLinear(), logits, x0, y, t)
   np.testing.assert_array_equal(per_token[0], 0.0)  # fully visible with carry-over costs nothing
 
 
 def test_unknown_objective_and_wrong_logit_width():
   code = PrimeCode(10, 2)
-  with pytest.raises(ValueError, match="unknown objective 'elbo'"):
-    objectives.loss_per_token("elbo", code, schedules.LogLinear(), jnp.zeros((1, 10)),
-                              jnp.zeros((1,), jnp.int32), jnp.zeros((1, 2), jnp.int32),
-                              jnp.ones((1,)))
+  with pytest.raises(ValueError, match="objective='elbo' is invalid.*'valid', 'joint'"):
+    losses.get("elbo")
   with pytest.raises(ValueError, match="C=10"):
     objectives.digit_log_marginals(code, jnp.zeros((1, 16)))
 

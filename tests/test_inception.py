@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import torch_files
-from prime_jax import config_lib, data, runs, sample_quality, torch_state
+from prime_jax import config as config_lib, data, sample, sample_quality, torch_state
 from prime_jax.data import embedded, images
 from prime_jax.models import inception
 
@@ -198,7 +198,7 @@ def test_fid_in_sample_mode_against_the_dataset(weights_path):
   assert abs(q["fid"]) < 1e-9 * np.trace(sigma)
   assert q["fid_num_samples"] == 4
   assert q["fid_reference"] == "fashion_mnist_local validation split (4 images) at 16 levels"
-  line = runs._quality_line(q)  # pylint: disable=protected-access
+  line = sample.quality_line(q)  # pylint: disable=protected-access
   assert line.startswith(f"FID {q['fid']:.3f} (4 samples against fashion_mnist_local validation")
 
 

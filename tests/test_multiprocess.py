@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 import tiny
-from prime_jax import checkpointing, data, sharding, trainer
+from prime_jax import checkpointing, data, experiment, sharding
 
 RESUMED_STEPS = 3
 
@@ -56,13 +56,13 @@ def _finish(procs, timeout=240):
 
 def _reference(config, steps):
   """One process, eight devices, the two processes' data slices concatenated per step."""
-  run = trainer.prepare(config)
-  state = trainer.init_state(run, config.seed)
+  run = experiment.build(config)
+  state = experiment.init_state(run, config.seed)
   per_process = config.train.batch_size // 2
   iterators = [iter(data.make_loader(config.data, "train", batch_size=per_process,
                                      seed=config.seed, shuffle=True, num_epochs=None,
                                      process_index=i, process_count=2)) for i in range(2)]
-  step_fn = trainer.make_train_step(run)
+  step_fn = experiment.make_train_step(run)
   for _ in range(steps):
     tokens = np.concatenate([next(it)["tokens"] for it in iterators])
     state, _ = step_fn(state, sharding.global_batch(tokens, sharding.batch_sharding(run.mesh)))
@@ -99,9 +99,9 @@ def test_two_processes_preempt_and_resume_like_one_process_with_eight_devices(tm
   config = tiny.config(optim__lr_schedule="constant", optim__warmup_steps=2,
                        train__num_steps=total)
   expected, iterator_states = _reference(config, total)
-  run = trainer.prepare(config)
+  run = experiment.build(config)
   manager = checkpointing.make_manager(workdir, config)
-  step, state = checkpointing.restore_latest(manager, trainer.init_state(run, 1))
+  step, state = checkpointing.restore_latest(manager, experiment.init_state(run, 1))
   assert step == total
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(state), expected)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import tiny
-from prime_jax import checkpointing, trainer, workdir
+from prime_jax import checkpointing, errors, evaluate, experiment, main, sample, train, workdir
 
 KILL_STEPS = 60
 
@@ -85,9 +85,9 @@ def _step_of(line):
 
 
 def _restore(path, config):
-  run = trainer.prepare(config)
+  run = experiment.build(config)
   manager = checkpointing.make_manager(path, config)
-  step, state = checkpointing.restore_latest(manager, trainer.init_state(run, 1))
+  step, state = checkpointing.restore_latest(manager, experiment.init_state(run, 1))
   manager.close()
   return step, jax.device_get(state)
 
@@ -104,7 +104,7 @@ def test_sigkill_three_times_and_sigterm_then_resume_matches_an_uninterrupted_ru
   overrides = dict(train__num_steps=KILL_STEPS, train__checkpoint_every=2, train__keep_last=3,
                    train__async_checkpoint=True, train__log_every=1)
   reference = str(tmp_path / "reference")
-  trainer.train_and_evaluate(tiny.config(**overrides), reference)
+  train.train_and_evaluate(tiny.config(**overrides), reference)
 
   seed = random.randrange(1 << 30)
   rng = random.Random(seed)
@@ -168,7 +168,7 @@ def test_sigkill_three_times_and_sigterm_then_resume_matches_an_uninterrupted_ru
 def trained(tmp_path_factory):
   """A workdir with synchronous checkpoints at steps 2 and 4 of the tiny config."""
   path = str(tmp_path_factory.mktemp("trained") / "run")
-  trainer.train_and_evaluate(_ckpt_config(), path)
+  train.train_and_evaluate(_ckpt_config(), path)
   return path
 
 
@@ -187,21 +187,21 @@ def test_truncated_newest_checkpoint_is_skipped_with_one_line_and_the_previous_r
     trained, tmp_path, capsys):
   path = _copy(trained, tmp_path)
   c = _ckpt_config()
-  run = trainer.prepare(c)
+  run = experiment.build(c)
   manager = checkpointing.make_manager(path, c)
-  _, step2 = checkpointing.restore_latest(manager, trainer.init_state(run, 1), step=2)
+  _, step2 = checkpointing.restore_latest(manager, experiment.init_state(run, 1), step=2)
   step2 = jax.device_get(step2)
   manager.close()
   for name in glob.glob(os.path.join(path, "checkpoints", "4", "**", "*"), recursive=True):
     if os.path.isfile(name):
       with open(name, "r+b") as f:
         f.truncate(os.path.getsize(name) // 2)
-  from prime_jax import runs  # pylint: disable=g-import-not-at-top
-  assert runs.restore(run, path)[0] == 2  # A reader (eval, sample) falls back too ...
+
+  assert experiment.restore(run, path)[0] == 2  # A reader (eval, sample) falls back too ...
   assert os.path.isdir(os.path.join(path, "checkpoints", "4"))  # ... and moves nothing.
   capsys.readouterr()
 
-  result = trainer.train_and_evaluate(c, path)  # Resumes at 2 and saves step 4 afresh.
+  result = train.train_and_evaluate(c, path)  # Resumes at 2 and saves step 4 afresh.
   out = capsys.readouterr().out
   warnings = [l for l in out.splitlines() if "unreadable" in l and "trying" in l]
   assert len(warnings) == 1, out
@@ -214,14 +214,14 @@ def test_truncated_newest_checkpoint_is_skipped_with_one_line_and_the_previous_r
   step, state = _restore(path, c)
   assert step == 4 and int(state.step) == 4
   manager = checkpointing.make_manager(path, c)
-  _, again = checkpointing.restore_latest(manager, trainer.init_state(run, 1), step=2)
+  _, again = checkpointing.restore_latest(manager, experiment.init_state(run, 1), step=2)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(again), step2)
 
 
 def test_forced_save_at_a_step_just_saved_is_a_no_op(tmp_path):
   """SIGTERM right after a regular save: the preemption save must not hit StepAlreadyExists."""
   c = _ckpt_config(train__async_checkpoint=True)
-  state = trainer.init_state(trainer.prepare(c), 0)
+  state = experiment.init_state(experiment.build(c), 0)
   manager = checkpointing.make_manager(str(tmp_path / "run"), c)
   assert checkpointing.save(manager, 2, state)
   assert not checkpointing.save(manager, 2, state, force=True)
@@ -237,7 +237,7 @@ def test_no_readable_checkpoint_refuses_to_start_from_zero(trained, tmp_path):
       open(name, "w").close()
   with pytest.raises(RuntimeError, match=r"could be restored \(steps tried: \[4, 2\]\); "
                                          r"refusing to start again from step 0"):
-    trainer.train_and_evaluate(_ckpt_config(), path)
+    train.train_and_evaluate(_ckpt_config(), path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,8 +255,8 @@ def _nan_config(**overrides):
 
 def test_nan_stops_the_run_naming_the_step_and_checkpoints_stay_finite(tmp_path):
   path = str(tmp_path / "nan")
-  with pytest.raises(trainer.NonFiniteError, match=r"non-finite value at step 2: .*loss_bits"):
-    trainer.train_and_evaluate(_nan_config(), path)
+  with pytest.raises(train.NonFiniteError, match=r"non-finite value at step 2: .*loss_bits"):
+    train.train_and_evaluate(_nan_config(), path)
   step, state = _restore(path, _nan_config())
   assert step in (1, 2)
   for leaf in jax.tree.leaves(state.params):
@@ -265,7 +265,7 @@ def test_nan_stops_the_run_naming_the_step_and_checkpoints_stay_finite(tmp_path)
 
 def test_nan_skip_policy_skips_bad_updates_and_finishes(tmp_path, capsys):
   path = str(tmp_path / "skip")
-  result = trainer.train_and_evaluate(_nan_config(train__nan_policy="skip",
+  result = train.train_and_evaluate(_nan_config(train__nan_policy="skip",
                                                   train__max_skipped_steps=5), path)
   out = capsys.readouterr().out
   assert result["step"] == 4 and result["skipped"] == 3
@@ -277,9 +277,9 @@ def test_nan_skip_policy_skips_bad_updates_and_finishes(tmp_path, capsys):
 
 
 def test_nan_skip_cap_names_the_first_step_beyond_it(tmp_path):
-  with pytest.raises(trainer.NonFiniteError, match=r"non-finite value at step 3: .*"
+  with pytest.raises(train.NonFiniteError, match=r"non-finite value at step 3: .*"
                                                    r"train.max_skipped_steps=1"):
-    trainer.train_and_evaluate(_nan_config(train__nan_policy="skip", train__max_skipped_steps=1),
+    train.train_and_evaluate(_nan_config(train__nan_policy="skip", train__max_skipped_steps=1),
                                str(tmp_path / "cap"))
 
 
@@ -298,7 +298,7 @@ def test_incompatible_workdir_is_refused_naming_what_differs(trained, tmp_path, 
   path = _copy(trained, tmp_path)
   before = open(os.path.join(path, "config.json")).read()
   with pytest.raises(workdir.IncompatibleWorkdirError) as e:
-    trainer.train_and_evaluate(_ckpt_config(**overrides), path)
+    train.train_and_evaluate(_ckpt_config(**overrides), path)
   message = str(e.value)
   assert expected in message and "allow_incompatible_workdir=True" in message
   assert "steps 2..4" in message
@@ -312,8 +312,8 @@ def test_workdir_without_config_json_is_checked_by_parameter_shapes(trained, tmp
   with pytest.raises(workdir.IncompatibleWorkdirError,
                      match=r"params/block_0/key/kernel: shape \(32, 2, 16\) in the checkpoint, "
                            r"\(32, 4, 8\) now"):
-    workdir.check(c, path, trainer.prepare(c))
-  assert workdir.check(_ckpt_config(), path, trainer.prepare(_ckpt_config())) == []
+    workdir.check(c, path, experiment.build(c))
+  assert workdir.check(_ckpt_config(), path, experiment.build(_ckpt_config())) == []
 
 
 def test_config_json_of_an_earlier_version_still_resumes(trained, tmp_path):
@@ -323,7 +323,7 @@ def test_config_json_of_an_earlier_version_still_resumes(trained, tmp_path):
   saved = json.load(open(config_path))
   saved["model"]["length"] = saved["model"].pop("ell")
   json.dump(saved, open(config_path, "w"))
-  assert workdir.check(_ckpt_config(), path, trainer.prepare(_ckpt_config())) == []
+  assert workdir.check(_ckpt_config(), path, experiment.build(_ckpt_config())) == []
   with pytest.raises(workdir.IncompatibleWorkdirError, match=r"model.ell: 2 in the workdir, 4"):
     workdir.check(_ckpt_config(model__ell=4), path, None)
 
@@ -331,9 +331,9 @@ def test_config_json_of_an_earlier_version_still_resumes(trained, tmp_path):
 def test_compatible_changes_and_the_override_are_allowed(trained, tmp_path, capsys):
   path = _copy(trained, tmp_path)
   same_shapes = _ckpt_config(optim__lr=1e-4, model__dropout=0.1, train__num_steps=8)
-  assert workdir.check(same_shapes, path, trainer.prepare(same_shapes)) == []
+  assert workdir.check(same_shapes, path, experiment.build(same_shapes)) == []
   forced = _ckpt_config(model__ell=4, train__allow_incompatible_workdir=True)
-  differences = workdir.check(forced, path, trainer.prepare(forced))
+  differences = workdir.check(forced, path, experiment.build(forced))
   assert differences == ["model.ell: 2 in the workdir, 4 now (ℓ, sub-tokens per token)"]
   assert "restoring what fits anyway" in capsys.readouterr().out
   assert workdir.check(same_shapes, str(tmp_path / "fresh"), None) == []
@@ -344,9 +344,7 @@ def test_compatible_changes_and_the_override_are_allowed(trained, tmp_path, caps
 
 
 def _usage_error(config, path, mode="train"):
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from prime_jax import main  # pylint: disable=g-import-not-at-top
-  with pytest.raises(app.UsageError) as e:
+  with pytest.raises(errors.UserError) as e:
     main.check_flags(config, path, mode)
   return str(e.value)
 
@@ -416,7 +414,7 @@ def test_cli_flag_errors(tmp_path, args, match):
 ])
 def test_config_value_errors(overrides, match):
   with pytest.raises(ValueError, match=match):
-    trainer.prepare(tiny.config(**overrides))
+    experiment.build(tiny.config(**overrides))
 
 
 def test_config_argument_that_is_not_key_value():
@@ -425,39 +423,36 @@ def test_config_argument_that_is_not_key_value():
 
 
 def test_sampling_prefix_outside_the_character_set():
-  from prime_jax import runs  # pylint: disable=g-import-not-at-top
-  run = trainer.prepare(tiny.config(data__name="shakespeare_chars", sample__prefix="ROMEO: €"))
+  run = experiment.build(tiny.config(data__name="shakespeare_chars", sample__prefix="ROMEO: €"))
   with pytest.raises(ValueError, match=r"characters outside the character set: \['€'\]"):
-    runs._prefix(run, 8)  # pylint: disable=protected-access
+    sample.prefix(run, 8)  # pylint: disable=protected-access
 
 
 def test_eval_split_and_eval_dataset_errors(trained):
-  from prime_jax import runs  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"config.eval.split='test' is not a split of "
                                        r"'shakespeare_bytes'; available: "
                                        r"\['train', 'validation'\]"):
-    runs.evaluate(tiny.config(eval__split="test"), trained)
+    evaluate.evaluate(tiny.config(eval__split="test"), trained)
   with pytest.raises(ValueError, match=r"example_shape mismatch: the model expects .* \(32,\) "
                                        r"but dataset 'fashion_mnist_local' gives \(28, 28, 1\)"):
-    runs.evaluate(tiny.config(eval__data_name="fashion_mnist_local"), trained)
+    evaluate.evaluate(tiny.config(eval__data_name="fashion_mnist_local"), trained)
 
 
 def test_eval_and_sample_without_the_checkpoint_asked_for(trained, tmp_path):
-  from prime_jax import runs  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*: train first with"):
-    runs.evaluate(tiny.config(), str(tmp_path / "untrained"))
+    evaluate.evaluate(tiny.config(), str(tmp_path / "untrained"))
   with pytest.raises(ValueError, match=r"no checkpoint at step 7; available steps: \[2, 4\]"):
-    runs.sample(_ckpt_config(sample__checkpoint_step=7), trained)
+    sample.sample(_ckpt_config(sample__checkpoint_step=7), trained)
   with pytest.raises(ValueError, match="the causal baseline scores samples"):
-    runs.sample(tiny.config_from_arg("baseline=ar"), trained)
+    sample.sample(tiny.config_from_arg("baseline=ar"), trained)
 
 
 def test_a_handed_off_save_holds_the_state_and_iterator_of_the_moment_it_was_asked_for(tmp_path):
   """The loop goes on at once (donating the state, drawing batches); the checkpoint must not."""
   from prime_jax import data  # pylint: disable=g-import-not-at-top
   c = _ckpt_config(train__async_checkpoint=True)
-  run = trainer.prepare(c)
-  state = trainer.init_state(run, 0)
+  run = experiment.build(c)
+  state = experiment.init_state(run, 0)
   expected = jax.device_get(state)
   loader = data.make_loader(c.data, "train", batch_size=4, seed=0, shuffle=True, num_epochs=None)
   iterator = iter(loader)
@@ -474,7 +469,7 @@ def test_a_handed_off_save_holds_the_state_and_iterator_of_the_moment_it_was_ask
 
   fresh = iter(loader)
   manager = checkpointing.make_manager(str(tmp_path / "run"), c)
-  step, restored = checkpointing.restore_latest(manager, trainer.init_state(run, 1), fresh)
+  step, restored = checkpointing.restore_latest(manager, experiment.init_state(run, 1), fresh)
   manager.close()
   assert step == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), expected)
@@ -483,7 +478,7 @@ def test_a_handed_off_save_holds_the_state_and_iterator_of_the_moment_it_was_ask
 
 def test_an_error_in_a_handed_off_save_is_raised_by_the_next_call(tmp_path, monkeypatch):
   c = _ckpt_config(train__async_checkpoint=True)
-  state = trainer.init_state(trainer.prepare(c), 0)
+  state = experiment.init_state(experiment.build(c), 0)
   manager = checkpointing.make_manager(str(tmp_path / "run"), c)
 
   def disk_full(*args, **kwargs):

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import tiny
-from prime_jax import data, runs, sample_quality, trainer
+from prime_jax import config as config_lib, data, evaluate, experiment, sample, sample_quality, train
 
 
 @pytest.fixture(scope="module")
 def ar_workdir(tmp_path_factory):
   """A tiny causal baseline (ℓ = 1, causal transformer) trained for a few steps."""
   path = str(tmp_path_factory.mktemp("ar") / "run")
-  trainer.train_and_evaluate(tiny.config_from_arg("baseline=ar", train__num_steps=6,
+  train.train_and_evaluate(tiny.config_from_arg("baseline=ar", train__num_steps=6,
                                                   train__checkpoint_every=6), path)
   return path
 
@@ -26,8 +26,8 @@ def test_scorer_nll_equals_the_ar_eval_nll(ar_workdir):
   scorer = sample_quality.load_scorer(ar_workdir, batch_size=8)
   assert scorer.step == 6
   run = scorer.run
-  _, state = runs.restore(run, ar_workdir)
-  ev = trainer.evaluate_split(run, state.ema_params, split="validation", batch_size=8,
+  _, state = experiment.restore(run, ar_workdir)
+  ev = evaluate.evaluate_split(run, state.ema_params, split="validation", batch_size=8,
                               num_batches=2, num_time_samples=1, seed=0)
   loader = data.make_loader(run.config.data, "validation", batch_size=8, shuffle=False,
                             num_epochs=1, drop_remainder=True)
@@ -45,8 +45,8 @@ def test_sample_mode_scores_samples_with_the_scorer(ar_workdir, tmp_path):
   workdir = str(tmp_path / "mdm")
   config = tiny.config(train__num_steps=2, train__checkpoint_every=2, sample__steps=8,
                        sample__scorer_workdir=ar_workdir)
-  trainer.train_and_evaluate(config, workdir)
-  summary = runs.sample(config, workdir)
+  train.train_and_evaluate(config, workdir)
+  summary = sample.sample(config, workdir)
   q = summary["quality"]
   for key in ("gen_ppl", "gen_nats_per_token", "unigram_entropy", "reference_gen_ppl",
               "reference_unigram_entropy"):
@@ -70,14 +70,14 @@ def test_scorer_that_does_not_fit_is_refused_before_sampling(ar_workdir, tmp_pat
   config = tiny.config(sample__scorer_workdir=ar_workdir, **overrides)
   # The workdir has no checkpoint: the scorer is checked first.
   with pytest.raises(ValueError, match=r"config.sample.scorer_workdir=.*cannot score.*" + match):
-    runs.sample(config, str(tmp_path / "untrained"))
+    sample.sample(config, str(tmp_path / "untrained"))
 
 
 def test_scorer_must_be_the_causal_baseline(tmp_path):
   config = tiny.config()
   os.makedirs(tmp_path / "mdm")
-  trainer.save_config(config, str(tmp_path / "mdm"))
-  loaded = sample_quality.load_config_json(str(tmp_path / "mdm"))
+  config_lib.save_json(config, str(tmp_path / "mdm"))
+  loaded = config_lib.load_json(str(tmp_path / "mdm"))
   assert loaded.model.to_dict() == config.model.to_dict()
   with pytest.raises(ValueError, match=r"diffusion.objective='valid'; scoring samples needs the "
                                        r"causal baseline"):
@@ -123,7 +123,7 @@ def test_fd_in_sample_mode_against_cached_test_statistics(classifier_path):
   spec.loader.exec_module(module)
   config = module.get_config("levels=16")
   config.sample.fd_classifier = classifier_path
-  run = trainer.prepare(config)
+  run = experiment.build(config)
   measure = sample_quality.sample_metrics(config, run)
   cached = [f for f in os.listdir(os.path.dirname(classifier_path)) if "test_stats_L16" in f]
   assert len(cached) == 1
@@ -143,7 +143,7 @@ def test_fd_in_sample_mode_against_cached_test_statistics(classifier_path):
 def test_quality_settings_on_the_wrong_kind_of_data(classifier_path):
   with pytest.raises(ValueError, match=r"fd_classifier is set but dataset 'shakespeare_bytes' "
                                        r"is not Fashion-MNIST"):
-    run = trainer.prepare(tiny.config(sample__fd_classifier=classifier_path))
+    run = experiment.build(tiny.config(sample__fd_classifier=classifier_path))
     sample_quality.sample_metrics(run.config, run)
   with pytest.raises(FileNotFoundError, match=r"(?s)no classifier at .*missing.msgpack: train it "
                                               r"once .*train-classifier --out="):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tiny
-from prime_jax import config_lib, sharding, trainer, writers
+from prime_jax import config as config_lib, experiment, sharding, train, writers
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 
@@ -73,22 +73,22 @@ def test_bad_configs_fail_before_compilation(mutate, match):
   c = tiny_config()
   mutate(c)
   with pytest.raises(ValueError, match=match):
-    trainer.prepare(c)
+    experiment.build(c)
 
 
 def test_model_type_must_match_the_data():
   c = tiny_config()
   c.model.type = "unet"
   with pytest.raises(ValueError, match="model.type='unet'.*text"):
-    trainer.prepare(c)
+    experiment.build(c)
 
 
 def _one_step(c, devices):
   c.mesh.update(data=len(devices) if len(devices) < 8 else 2,
                 fsdp=1 if len(devices) < 8 else 2, tensor=1 if len(devices) < 8 else 2)
-  run = trainer.prepare(c, devices)
-  state = trainer.init_state(run, 0)
-  step = trainer.make_train_step(run)
+  run = experiment.build(c, devices)
+  state = experiment.init_state(run, 0)
+  step = experiment.make_train_step(run)
   tokens = np.random.default_rng(0).integers(0, 256, (8, 32)).astype(np.int32)
   state, metrics = step(state, sharding.global_batch(tokens, sharding.batch_sharding(run.mesh)))
   return jax.device_get(state.params), jax.device_get(metrics)
@@ -110,7 +110,7 @@ def test_parameters_carry_sharding_over_fsdp_and_tensor():
   c = tiny_config()
   c.model.update(d_model=64, num_heads=4)
   c.mesh.update(data=2, fsdp=2, tensor=2)
-  run = trainer.prepare(c)
+  run = experiment.build(c)
   mlp_in = run.state_shardings.params["block_0"]["mlp_in"]["kernel"]
   assert tuple(mlp_in.spec) == ("fsdp", "tensor")
   mu = jax.tree.leaves(run.state_shardings.opt_state)
@@ -127,23 +127,23 @@ def test_first_step_loss_matches_the_zero_init_head_exactly():
   from prime_jax import forward, schedules
   c = tiny_config()
   c.mesh.update(data=1, fsdp=1, tensor=1)
-  run = trainer.prepare(c, jax.devices()[:1])
-  state = trainer.init_state(run, 0)
+  run = experiment.build(c, jax.devices()[:1])
+  state = experiment.init_state(run, 0)
   tokens = (np.arange(8 * 32).reshape(8, 32) * 7 % 256).astype(np.int32)
   key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0), 0)
   k_t, k_mask, _ = jax.random.split(key, 3)
   t = schedules.sample_times(k_t, 8, c.diffusion.t_min)
-  y = forward.mask_subtokens(k_mask, run.task.code, tokens, run.task.schedule.alpha(t))
+  y = forward.mask_subtokens(k_mask, run.task.code, tokens, run.task.loss.schedule.alpha(t))
   masked = np.asarray(y == 16).sum(-1)
-  expected_nats = np.mean(np.asarray(run.task.schedule.weight(t))[:, None] * masked * np.log(16))
-  _, metrics = trainer.make_train_step(run)(state, tokens)
+  expected_nats = np.mean(np.asarray(run.task.loss.schedule.weight(t))[:, None] * masked * np.log(16))
+  _, metrics = experiment.make_train_step(run)(state, tokens)
   assert float(metrics["loss_bits"]) == pytest.approx(expected_nats / np.log(2), rel=1e-5)
   # The joint loss of a uniform head charges log(#consistent tokens) per partly masked token.
   assert float(metrics["joint_bits"]) <= float(metrics["valid_bits"]) + 1e-6
 
 
 def _train(c, workdir, until_step=None):
-  return trainer.train_and_evaluate(c, str(workdir), until_step)
+  return train.train_and_evaluate(c, str(workdir), until_step)
 
 
 def test_resume_gives_identical_parameters_and_data_order(tmp_path):
@@ -157,9 +157,9 @@ def test_resume_gives_identical_parameters_and_data_order(tmp_path):
   states = []
   for run_dir in ("a", "b"):
     c = tiny_config(num_steps=4)
-    run = trainer.prepare(c)
+    run = experiment.build(c)
     manager = checkpointing.make_manager(str(tmp_path / run_dir), c)
-    step, state = checkpointing.restore_latest(manager, trainer.init_state(run, 1))
+    step, state = checkpointing.restore_latest(manager, experiment.init_state(run, 1))
     assert step == 4
     states.append(jax.device_get(state))
   jax.tree.map(np.testing.assert_array_equal, states[0], states[1])
@@ -171,9 +171,9 @@ def test_resume_gives_identical_parameters_and_data_order(tmp_path):
 
 
 def test_out_of_range_token_ids_from_the_data_are_refused():
-  run = trainer.prepare(tiny_config())
+  run = experiment.build(tiny_config())
   with pytest.raises(ValueError, match=r"token ids in \[-1, 5\] at step 7.*\[0, 256\)"):
-    trainer._check_token_range(np.array([[0, 5], [-1, 2]]), run, 7)
+    train.check_token_range(np.array([[0, 5], [-1, 2]]), run, 7)
   with pytest.raises(ValueError, match=r"token ids in \[0, 256\] at step 1"):
-    trainer._check_token_range(np.array([[0, 256]]), run, 1)
-  trainer._check_token_range(np.array([[0, 255]]), run, 1)
+    train.check_token_range(np.array([[0, 256]]), run, 1)
+  train.check_token_range(np.array([[0, 255]]), run, 1)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
+from prime_jax import config as config_lib
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
-# Overrides of configs/shakespeare.py: one small block, short sequences, no held-out evaluation.
+# Overrides of configs/shakespeare.py: one small block, short sequences, no held-out likelihood.
 TINY = {
     "data.seq_len": 32, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
     "model.cond_dim": 16, "train.batch_size": 8, "train.log_every": 2, "train.eval_every": 0,
@@ -46,7 +48,6 @@ def env(devices: int, cache_dir: str | None = None) -> dict[str, str]:
 
 def config_from_arg(arg: str, **overrides):
   """configs/shakespeare.py:`arg` (a variant such as 'baseline=ar'), TINY and `overrides`."""
-  from prime_jax import config_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(ROOT, "configs", "shakespeare.py")
   c = config_lib.load(f"{path}:{arg}" if arg else path)
   for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():

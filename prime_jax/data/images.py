@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from prime_jax import errors
+
 
 def quantise(pixels: np.ndarray, base_levels: int, levels: int) -> np.ndarray:
   """Pixel values in [0, base_levels) to tokens in [0, levels), as int32."""
@@ -42,12 +44,12 @@ def read_idx(path: str) -> np.ndarray:
   with opener(path, "rb") as f:
     data = f.read()
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-    raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    raise errors.UserError(f"{path} is not an unsigned-byte IDX file")
   ndim = data[3]
   dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
   body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
   if body.size != int(np.prod(dims)):
-    raise ValueError(f"{path}: header says {dims} but holds {body.size} bytes")
+    raise errors.UserError(f"{path}: header says {dims} but holds {body.size} bytes")
   return body.reshape(dims)
 
 

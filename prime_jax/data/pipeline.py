@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import grain
 
+from prime_jax import errors
 from prime_jax.data import sources
 
 
@@ -20,7 +21,7 @@ def _process(process_index: Optional[int], process_count: Optional[int]) -> tupl
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+    raise errors.UserError(f"process_index={process_index} is not in [0, {process_count})")
   return process_index, process_count
 
 
@@ -42,14 +43,14 @@ def make_loader(config: Any, split: str = "train", *, batch_size: int,
   permutation per epoch derived from `seed`.
   """
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    raise errors.UserError(f"batch_size must be >= 1, got {batch_size}")
   source, record_ops, batch_ops = sources.build(config, split)
   index, count = _process(process_index, process_count)
   shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count,
                                       drop_remainder=True)
   per_process = len(source) // count
   if drop_remainder and per_process < batch_size:
-    raise ValueError(
+    raise errors.UserError(
         f"split {split!r} of {config.name!r} has {len(source)} examples, {per_process} per "
         f"process: fewer than batch_size={batch_size}")
   sampler = grain.samplers.IndexSampler(

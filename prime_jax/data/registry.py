@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import ml_collections
 
+from prime_jax import errors
 from prime_jax.data import images, tokenizers
 
 
@@ -80,7 +81,7 @@ def default_config(name: str = "shakespeare_bytes", **overrides) -> ml_collectio
   """A data config with every field this package reads, set to the dataset's defaults."""
   spec_of(name)
   config = ml_collections.ConfigDict(dict(
-      name=name, seq_len=256, data_dir=None, tokenizer=None, tokenizer_path=None,
+      name=name, seq_len=128, data_dir=None, tokenizer=None, tokenizer_path=None,
       image_levels=256, wrap=None, num_workers=0))
   config.update(overrides)
   return config
@@ -89,7 +90,7 @@ def default_config(name: str = "shakespeare_bytes", **overrides) -> ml_collectio
 def spec_of(name: str) -> Spec:
   """The spec of a dataset name; an unknown name lists the known ones."""
   if name not in SPECS:
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
+    raise errors.UserError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
   return SPECS[name]
 
 
@@ -103,28 +104,28 @@ def resolved(config: Any) -> dict:
   """The config's fields with each dataset's defaults filled in, checked for consistency."""
   name = _get(config, "name")
   if name is None:
-    raise ValueError(f"data.name is not set; known datasets: {', '.join(KNOWN_DATASETS)}")
+    raise errors.UserError(f"data.name is not set; known datasets: {', '.join(KNOWN_DATASETS)}")
   spec = spec_of(name)
   out = dict(name=name, spec=spec, data_dir=_get(config, "data_dir"),
              num_workers=int(_get(config, "num_workers", 0)))
   if spec.kind == "text":
     tok = _get(config, "tokenizer", spec.tokenizer)
     if tok not in spec.tokenizers:
-      raise ValueError(f"data.tokenizer={tok!r} is not available for {name!r}; "
+      raise errors.UserError(f"data.tokenizer={tok!r} is not available for {name!r}; "
                        f"choose one of {list(spec.tokenizers)}")
     seq_len = _get(config, "seq_len")
     if seq_len is None or int(seq_len) < 3:
-      raise ValueError(f"data.seq_len must be an integer >= 3 for text, got {seq_len!r}")
+      raise errors.UserError(f"data.seq_len must be an integer >= 3 for text, got {seq_len!r}")
     wrap = bool(_get(config, "wrap", spec.wrap))
     if spec.wrap_only and not wrap:
-      raise ValueError(f"data.wrap=False is not supported for {name!r}: it is prepared as one "
+      raise errors.UserError(f"data.wrap=False is not supported for {name!r}: it is prepared as one "
                        "token stream, so only wrapped blocks exist")
     out.update(tokenizer=tok, tokenizer_path=_get(config, "tokenizer_path"),
                seq_len=int(seq_len), wrap=wrap)
   else:
     levels = int(_get(config, "image_levels", 256))
     if not 2 <= levels <= 256:
-      raise ValueError(f"data.image_levels must be in [2, 256], got {levels}")
+      raise errors.UserError(f"data.image_levels must be in [2, 256], got {levels}")
     out.update(levels=min(levels, spec.base_levels))
   return out
 
@@ -156,16 +157,16 @@ def check_compatible(config: Any, vocab_size: int, example_shape: tuple) -> Data
   if int(vocab_size) != info.vocab_size:
     what = (f"data.tokenizer={info.tokenizer!r}" if info.kind == "text"
             else "data.image_levels")
-    raise ValueError(
+    raise errors.UserError(
         f"vocab_size mismatch: the model has vocab_size={vocab_size} but dataset "
         f"{info.name!r} with {what} has {info.vocab_size} tokens")
   shape = tuple(int(d) for d in example_shape)
   if shape != tuple(info.example_shape):
     if info.kind == "text":
-      raise ValueError(
+      raise errors.UserError(
           f"seq_len mismatch: the model expects sequences of shape {shape} but "
           f"data.seq_len={info.example_shape[0]}")
-    raise ValueError(
+    raise errors.UserError(
         f"example_shape mismatch: the model expects images of shape {shape} but dataset "
         f"{info.name!r} gives {info.example_shape}")
   return info

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import grain
 import numpy as np
 
+from prime_jax import errors
 from prime_jax.data import embedded, images, registry, streams, text, tokenizers
 
 DEFAULT_PREPARED_DIR = os.path.join("~", ".cache", "prime_jax", "data")
@@ -87,7 +88,7 @@ def _as_str(value: Any) -> str:
 
 def _backend_split(spec: registry.Spec, name: str, split: str) -> str:
   if split not in spec.splits:
-    raise ValueError(f"dataset {name!r} has no split {split!r}; splits: {list(spec.splits)}")
+    raise errors.UserError(f"dataset {name!r} has no split {split!r}; splits: {list(spec.splits)}")
   return spec.splits[split]
 
 
@@ -96,10 +97,11 @@ def tfds_source(tfds_name: str, split: str, data_dir: Optional[str]):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
-  except (NotImplementedError, FileNotFoundError, AssertionError,
+  # A dataset folder without prepared splits raises KeyError ("`splits` is empty").
+  except (NotImplementedError, FileNotFoundError, AssertionError, KeyError,
           tfds.core.registered.DatasetNotFoundError) as e:
     where = f" --data_dir={data_dir}" if data_dir else ""
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"tfds dataset {tfds_name!r} (split {split!r}) is not prepared as array_record"
         f"{' in ' + data_dir if data_dir else ''}. Build it (on a machine with TensorFlow and "
         f"internet) with: tfds build {tfds_name} --file_format=array_record{where}  "
@@ -149,11 +151,11 @@ def build(config: Any, split: str) -> tuple[Any, list, list]:
     meta = streams.read_meta(root, name, r["tokenizer"], backend_split)
     if meta is None:
       path, _ = streams.split_paths(root, name, r["tokenizer"], backend_split)
-      raise FileNotFoundError(
+      raise errors.MissingInput(
           f"prepared dataset {name!r} ({r['tokenizer']}, split {backend_split!r}) not found at "
           f"{path}. Create it with: {prepare_command(name, r['tokenizer'], root)}")
     if meta["vocab_size"] != tok.vocab_size:
-      raise ValueError(f"{name!r} was prepared with vocab_size={meta['vocab_size']} but "
+      raise errors.UserError(f"{name!r} was prepared with vocab_size={meta['vocab_size']} but "
                        f"data.tokenizer={r['tokenizer']!r} has {tok.vocab_size}")
     path, _ = streams.split_paths(root, name, r["tokenizer"], backend_split)
     blocks = streams.StreamBlocks(path, meta, r["seq_len"], tok.bos_id, tok.eos_id)

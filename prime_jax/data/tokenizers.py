@@ -14,6 +14,8 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
+from prime_jax import errors
+
 CACHE_DIR = os.path.join("~", ".cache", "prime_jax")
 GPT2_RANKS_FILE = "gpt2.tiktoken"
 BERT_VOCAB_FILE = "bert-base-uncased-vocab.txt"
@@ -71,7 +73,7 @@ class CharTokenizer:
 
   def __init__(self, chars: str, separator: bool, name: str = "chars"):
     if len(set(chars)) != len(chars):
-      raise ValueError("character set has repeated characters")
+      raise errors.UserError("character set has repeated characters")
     self.name = name
     self.chars = chars
     offset = 1 if separator else 0
@@ -89,7 +91,7 @@ class CharTokenizer:
     ids = np.where(ok, self._table[np.where(ok, codes, 0)], -1)
     if (ids < 0).any():
       bad = sorted({chr(c) for c in codes[ids < 0]})[:10]
-      raise ValueError(f"{self.name}: characters outside the character set: {bad!r}")
+      raise errors.UserError(f"{self.name}: characters outside the character set: {bad!r}")
     return ids.astype(np.int32)
 
   def decode(self, ids: Sequence[int]) -> str:
@@ -108,7 +110,7 @@ class GPT2Tokenizer:
     from tiktoken.load import load_tiktoken_bpe  # pylint: disable=g-import-not-at-top
     ranks = load_tiktoken_bpe(path)
     if len(ranks) != 50256:
-      raise ValueError(f"{path} has {len(ranks)} ranks; the GPT-2 file has 50256")
+      raise errors.UserError(f"{path} has {len(ranks)} ranks; the GPT-2 file has 50256")
     self._enc = tiktoken.Encoding(
         name="gpt2", pat_str=_GPT2_PATTERN, mergeable_ranks=ranks,
         special_tokens={_GPT2_EOT: 50256}, explicit_n_vocab=50257)
@@ -136,7 +138,7 @@ class BertTokenizer:
     vocab = self._tok.get_vocab()
     missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]") if t not in vocab]
     if missing:
-      raise ValueError(f"{path} is not a BERT vocabulary: it lacks {missing}")
+      raise errors.UserError(f"{path} is not a BERT vocabulary: it lacks {missing}")
     self.name = "bert-base-uncased"
     self.vocab_size = self._tok.get_vocab_size()
     self.bos_id = vocab["[CLS]"]
@@ -165,7 +167,7 @@ def _require_file(tokenizer: str, path: Optional[str]) -> str:
   path = os.path.expanduser(path) if path else default_path(tokenizer)
   if not os.path.isfile(path):
     command = GPT2_COMMAND if tokenizer == "gpt2" else BERT_VOCAB_COMMAND
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"tokenizer {tokenizer!r} needs the file {path}, which does not exist. "
         f"Create it with: {command}  (or set data.tokenizer_path to a local copy)")
   return path
@@ -184,9 +186,9 @@ def get_tokenizer(name: str, path: Optional[str] = None,
       return CharTokenizer(TEXT8_CHARS, separator=False)
     if charset == "shakespeare":
       return CharTokenizer(SHAKESPEARE_CHARS, separator=True)
-    raise ValueError(f"unknown character set {charset!r}")
+    raise errors.UserError(f"unknown character set {charset!r}")
   if name == "gpt2":
     return GPT2Tokenizer(_require_file(name, path))
   if name == "bert-base-uncased":
     return BertTokenizer(_require_file(name, path))
-  raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(TOKENIZERS)}")
+  raise errors.UserError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(TOKENIZERS)}")

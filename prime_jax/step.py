@@ -1,4 +1,4 @@
-"""The pure parts of training: model and optimizer from a config, the state, and the train step.
+"""The pure train step: the state, the model and optimizer a config names, and one update.
 
 Everything here is a function of explicit arguments, so a notebook can build a model from a
 config, initialise a state and call `train_step` under `jax.jit` without touching a file system.
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from prime_jax import forward, objectives, schedules
+from prime_jax import losses
 from prime_jax.models import PrimeTransformer, PrimeUNet
 from prime_jax.subtokens import PrimeCode
 
@@ -40,29 +40,19 @@ class TrainState:
 class Task:
   """What the step functions close over: the code, model, schedule and optimizer of a config."""
 
-  code: PrimeCode
   model: nn.Module
-  schedule: Any
+  loss: losses.Loss
   tx: optax.GradientTransformation
-  objective: str
-  carry_over: bool
-  t_min: float
-  antithetic: bool
   ema_decay: float
   grad_accum_steps: int
+
+  @property
+  def code(self) -> PrimeCode:
+    return self.loss.code
 
 
 def _dtype(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
-def build_schedule(config: ml_collections.ConfigDict):
-  d = config.diffusion
-  if d.schedule == "loglinear":
-    return schedules.LogLinear(eps=d.schedule_eps)
-  if d.schedule == "polynomial":
-    return schedules.Polynomial(power=d.schedule_power)
-  return schedules.make_schedule(d.schedule)
 
 
 def build_model(config: ml_collections.ConfigDict, code: PrimeCode,
@@ -115,13 +105,11 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 
 def build_task(config: ml_collections.ConfigDict, vocab_size: int,
                example_shape: tuple[int, ...]) -> Task:
+  """The model, loss and optimizer of a config for data of C = `vocab_size` values."""
   code = PrimeCode(vocab_size, config.model.ell)
-  d = config.diffusion
-  return Task(code=code, model=build_model(config, code, example_shape),
-              schedule=build_schedule(config), tx=build_optimizer(config),
-              objective=d.objective, carry_over=d.carry_over, t_min=d.t_min,
-              antithetic=d.antithetic, ema_decay=config.optim.ema_decay,
-              grad_accum_steps=config.optim.grad_accum_steps)
+  return Task(model=build_model(config, code, example_shape),
+              loss=losses.from_config(config.diffusion, code), tx=build_optimizer(config),
+              ema_decay=config.optim.ema_decay, grad_accum_steps=config.optim.grad_accum_steps)
 
 
 def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
@@ -139,40 +127,12 @@ def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
                     skipped=jnp.zeros((), jnp.int32))
 
 
-def autoregressive_inputs(code: PrimeCode, tokens) -> jax.Array:
-  """(B, L) -> (B, L, 1): the sequence shifted right behind a mask token, all visible."""
-  start = jnp.full_like(tokens[:, :1], code.mask_value)
-  return jnp.concatenate([start, tokens[:, :-1]], axis=1)[..., None]
-
-
-def losses(task: Task, params, tokens, key: jax.Array, *, train: bool):
-  """(per-example training loss (B,), metrics) on one batch; metrics are per-token means in nats.
-
-  For the diffusion objectives the metrics always include the valid bound and the paper's joint
-  objective on the same noised batch, whichever one is trained.
-  """
-  code = task.code
-  k_t, k_mask, k_drop = jax.random.split(key, 3)
-  rngs = {"dropout": k_drop}
-  axes = tuple(range(1, tokens.ndim))
-  if task.objective == "autoregressive":
-    logits = task.model.apply({"params": params}, autoregressive_inputs(code, tokens), None,
-                              train=train, rngs=rngs)
-    nll = -objectives.token_log_probs(code, logits, tokens)
-    per_example = nll.mean(axes)
-    return per_example, {"nll": per_example}
-  t = schedules.sample_times(k_t, tokens.shape[0], task.t_min, task.antithetic)
-  y = forward.mask_subtokens(k_mask, code, tokens, task.schedule.alpha(t))
-  logits = task.model.apply({"params": params}, y, t, train=train, rngs=rngs)
-  per_token = objectives.loss_per_token(task.objective, code, task.schedule, logits, tokens, y, t,
-                                        task.carry_over)
-  fixed = jax.lax.stop_gradient(logits)
-  metrics = {}
-  for name in ("valid", "joint"):
-    value = per_token if name == task.objective else objectives.loss_per_token(
-        name, code, task.schedule, fixed, tokens, y, t, task.carry_over)
-    metrics[name] = jax.lax.stop_gradient(value).mean(axes)
-  return per_token.mean(axes), metrics
+def loss_terms(task: Task, params, tokens, key: jax.Array, *, train: bool
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(per-example training loss (B,), per-example metrics) of `task.loss` on one batch (nats)."""
+  def apply_fn(y, t, dropout_key):
+    return task.model.apply({"params": params}, y, t, train=train, rngs={"dropout": dropout_key})
+  return task.loss.train(apply_fn, tokens, key)
 
 
 def _tree_where(pred, new, old):
@@ -193,16 +153,15 @@ def train_step(task: Task, state: TrainState, tokens) -> tuple[TrainState, dict]
     grads, sums = carry
     index, batch = inputs
     def loss_fn(p):
-      per_example, metrics = losses(task, p, batch, jax.random.fold_in(key, index), train=True)
+      per_example, metrics = loss_terms(task, p, batch, jax.random.fold_in(key, index),
+                                         train=True)
       return per_example.mean(), metrics
     (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     sums = jax.tree.map(lambda s, m: s + m.mean(), sums, {"loss": loss, **metrics})
     return (jax.tree.map(jnp.add, grads, g), sums), None
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
-  metric_names = ("loss", "nll") if task.objective == "autoregressive" else (
-      "loss", "valid", "joint")
-  sums0 = {k: jnp.zeros((), jnp.float32) for k in metric_names}
+  sums0 = {k: jnp.zeros((), jnp.float32) for k in ("loss",) + task.loss.objective.metrics}
   (grads, sums), _ = jax.lax.scan(micro_step, (zeros, sums0), (jnp.arange(accum), micro))
   grads = jax.tree.map(lambda g: g / accum, grads)
   metrics = {k: v / accum for k, v in sums.items()}

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prime_jax import evaluation, objectives, schedules
+from prime_jax import likelihood, objectives, schedules
 from prime_jax.subtokens import PrimeCode
 from test_sampling import exact_denoiser
 
@@ -83,7 +83,7 @@ def test_valid_bound_is_above_exact_nll_and_estimated_without_bias(vocab_size, l
   rng = np.random.default_rng(1)
   probs = rng.dirichlet(np.ones(vocab_size**2))
   data = _dataset(rng, probs, vocab_size, seq_len, 800)
-  result = evaluation.evaluate_bound(fn, code, LINEAR, _batches(data, 200), jax.random.key(0),
+  result = likelihood.evaluate_bound(fn, code, LINEAR, _batches(data, 200), jax.random.key(0),
                                      num_time_samples=4)
   index = data[:, 0] * vocab_size + data[:, 1]
   expected_bound = exact[index, 0].mean() / seq_len
@@ -100,15 +100,16 @@ def test_valid_bound_is_the_entropy_and_joint_is_half_on_correlated_digits():
   code = PrimeCode(4, 2)
   fn = exact_denoiser(code, np.array([0.5, 0.0, 0.0, 0.5]), 1)
   data = np.repeat(np.array([[0], [3]], np.int32), 300, axis=0)
-  result = evaluation.evaluate_bound(fn, code, LINEAR, _batches(data, 150), jax.random.key(2),
+  result = likelihood.evaluate_bound(fn, code, LINEAR, _batches(data, 150), jax.random.key(2),
                                      num_time_samples=8)
   assert abs(result.valid.mean - math.log(2)) < 4 * result.valid.se
   assert abs(result.joint.mean - math.log(2) / 2) < 4 * result.joint.se
   assert result.valid.se < 0.05 and result.joint.se < 0.05
   d = result.to_dict()
-  assert set(d) >= {"valid_bound", "joint_not_a_bound"}
-  assert d["valid_bound"]["bits_per_token"] == pytest.approx(result.valid.mean / math.log(2))
-  assert d["valid_bound"]["perplexity"] == pytest.approx(math.exp(result.valid.mean))
+  assert set(d) >= {"valid_bits", "valid_bits_se", "joint_bits", "num_examples", "num_tokens"}
+  assert "joint_perplexity" not in d  # The joint objective is not a likelihood.
+  assert d["valid_bits"] == pytest.approx(result.valid.mean / math.log(2))
+  assert d["valid_perplexity"] == pytest.approx(math.exp(result.valid.mean))
   assert "joint (not a bound)" in result.summary()
 
 
@@ -116,7 +117,7 @@ def test_one_digit_joint_equals_valid_per_example():
   code = PrimeCode(7, 1)
   fn = random_denoiser(code, 2, seed=3)
   data = np.random.default_rng(0).integers(0, 7, (64, 2)).astype(np.int32)
-  out = evaluation.eval_step(jax.random.key(0), fn, code, LINEAR, data, num_time_samples=3)
+  out = likelihood.eval_step(jax.random.key(0), fn, code, LINEAR, data, num_time_samples=3)
   np.testing.assert_allclose(out["valid"], out["joint"], rtol=1e-6)
 
 
@@ -129,17 +130,18 @@ def test_mean_and_standard_error_as_documented():
   n = len(s)
   mean = s.sum() / c.sum()
   se = np.sqrt(((s - mean * c) ** 2).sum() / (n * (n - 1))) / c.mean()
-  est = evaluation.ratio_estimate(sums, counts)
+  est = likelihood.ratio_estimate(sums, counts)
   assert est.mean == pytest.approx(mean) and est.se == pytest.approx(se)
-  equal = evaluation.ratio_estimate(sums, np.full(50, 4.0))
+  equal = likelihood.ratio_estimate(sums, np.full(50, 4.0))
   per_token = sums / 4.0
   assert equal.mean == pytest.approx(per_token.mean())
   assert equal.se == pytest.approx(per_token.std(ddof=1) / np.sqrt(50))
-  r = evaluation.summarize(sums, sums / 2, counts, unit="character", num_time_samples=2)
+  r = likelihood.summarize({"valid": sums, "joint": sums / 2, "count": counts}, unit="character",
+                           num_time_samples=2)
   d = r.to_dict()
   assert d["num_examples"] == 48 and d["unit"] == "character"
-  assert d["valid_bound"]["bits_per_character_se"] == pytest.approx(se / math.log(2))
-  assert d["joint_not_a_bound"]["nats_per_character"] == pytest.approx(mean / 2)
+  assert d["valid_bits_se"] == pytest.approx(se / math.log(2))
+  assert d["joint_nats"] == pytest.approx(mean / 2)
 
 
 def test_split_statistics_use_the_per_example_k_averages():
@@ -151,38 +153,39 @@ def test_split_statistics_use_the_per_example_k_averages():
   mask = np.ones((40, 2))
   mask[:10, 1] = 0
   mask[-5:] = 0
-  result = evaluation.evaluate_bound(fn, code, LINEAR, [{"tokens": data, "mask": mask}],
+  result = likelihood.evaluate_bound(fn, code, LINEAR, [{"tokens": data, "mask": mask}],
                                      jax.random.key(3), num_time_samples=2)
-  np.testing.assert_array_equal(result.per_example_count, mask.sum(1))
+  np.testing.assert_array_equal(result.per_example["count"], mask.sum(1))
   assert result.num_examples == 35 and result.num_tokens == 60
-  again = evaluation.ratio_estimate(result.per_example_valid, result.per_example_count)
+  again = likelihood.ratio_estimate(result.per_example["valid"], result.per_example["count"])
   assert result.valid == again
-  assert (result.per_example_valid[-5:] == 0).all()
+  assert (result.per_example["valid"][-5:] == 0).all()
 
 
 def test_antithetic_times_are_stratified_per_example():
-  times = np.asarray(evaluation.antithetic_times(jax.random.key(0), 16, 4, t_min=0.0))
+  times = np.asarray(likelihood.antithetic_times(jax.random.key(0), 16, 4, t_min=0.0))
   assert times.shape == (4, 16) and times.min() >= 0 and times.max() < 1
   gaps = np.diff(np.sort(times, axis=0), axis=0)
   np.testing.assert_allclose(gaps, 0.25, atol=1e-6)
   assert len(np.unique(times[0])) == 16  # Examples get different offsets.
 
 
-def test_make_eval_step_for_training_and_bad_input():
+def test_eval_step_for_training_and_bad_input():
   code = PrimeCode(6, 2)
   table = jnp.asarray(np.random.default_rng(0).normal(size=(6,)), jnp.float32)
   apply_fn = lambda params, y, t: jnp.broadcast_to(params, y.shape[:-1] + (6,))
-  step = evaluation.make_eval_step(apply_fn, code, LINEAR, num_time_samples=2)
+  step = jax.jit(lambda params, key, tokens: likelihood.eval_step(
+      key, lambda y, t: apply_fn(params, y, t), code, LINEAR, tokens, num_time_samples=2))
   out = step(table, jax.random.key(0), np.zeros((4, 3), np.int32))
   assert out["valid"].shape == (4,) and (np.asarray(out["count"]) == 3).all()
   assert np.isfinite(np.asarray(out["valid"])).all()
   with pytest.raises(ValueError, match="tokens must lie in \\[0, 6\\)"):
-    evaluation.evaluate_bound(lambda y, t: apply_fn(table, y, t), code, LINEAR,
+    likelihood.evaluate_bound(lambda y, t: apply_fn(table, y, t), code, LINEAR,
                               [np.array([[0, 6]])], jax.random.key(0))
   with pytest.raises(ValueError, match="num_time_samples"):
-    evaluation.evaluate_bound(None, code, LINEAR, [], jax.random.key(0), num_time_samples=0)
+    likelihood.evaluate_bound(None, code, LINEAR, [], jax.random.key(0), num_time_samples=0)
   with pytest.raises(ValueError, match="no batch"):
-    evaluation.evaluate_bound(None, code, LINEAR, [], jax.random.key(0))
+    likelihood.evaluate_bound(None, code, LINEAR, [], jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------------------------

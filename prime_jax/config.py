@@ -1,17 +1,22 @@
-"""Config building blocks shared by the files in configs/, and validation before compilation.
+"""Configs: the base config, config-file arguments, validation, and saved config.json files.
 
 Config files call `base_config()` and `parse_arg(arg, ...)` so that
-`--config=configs/NAME.py:ell=4,objective=joint` selects a variant.
+`--config=configs/NAME.py:ell=4,objective=joint` selects a variant. ℓ is `config.model.ell`
+from the config file to the loss (`PrimeCode.ell`).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
+import os
 from typing import Any
 
 import ml_collections
 
-OBJECTIVES = ("valid", "joint", "cross_entropy", "autoregressive")
+from prime_jax import data, errors, losses, schedules
+
 MODEL_TYPES = ("transformer", "unet")
 DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("cosine", "constant", "linear")
@@ -34,9 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every key the trainer reads, with defaults; config files override what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      name="shakespeare_bytes", seq_len=128, data_dir=None, tokenizer=None,
-      tokenizer_path=None, image_levels=256, wrap=None, num_workers=0))
+  c.data = data.default_config("shakespeare_bytes")
   c.model = ml_collections.ConfigDict(dict(
       type="transformer", ell=2, d_model=128, num_layers=4, num_heads=4, mlp_ratio=4,
       dropout=0.0, cond_dim=128, time_conditioning=False, causal=False,
@@ -53,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.0, grad_clip=1.0, ema_decay=0.999, grad_accum_steps=1))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=1000, log_every=50, eval_every=500, eval_batches=8,
-      sample_every=0, num_samples=4, checkpoint_every=500, keep_last=2, keep_every=0,
+      sample_every=0, checkpoint_every=500, keep_last=2, keep_every=0,
       async_checkpoint=True, nan_policy="stop", max_skipped_steps=10,
       allow_incompatible_workdir=False))
   c.eval = ml_collections.ConfigDict(dict(
@@ -78,8 +81,14 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Keys renamed since earlier workdirs wrote their config.json: old dotted name -> current name.
+class ConfigError(errors.UserError):
+  """A config value that cannot work; the message names the field and what is accepted."""
+
+
+# Keys renamed since earlier workdirs wrote their config.json: old dotted name -> current name;
+# and keys that no longer exist (nothing reads them).
 RENAMED_KEYS = {"model.length": "model.ell"}
+REMOVED_KEYS = ("train.num_samples",)
 
 
 def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +99,10 @@ def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
     section = raw.get(old_section)
     if isinstance(section, dict) and old_key in section:
       raw.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
+  for old in REMOVED_KEYS:
+    section, key = old.split(".")
+    if isinstance(raw.get(section), dict):
+      raw[section].pop(key, None)
   return raw
 
 
@@ -98,11 +111,11 @@ def parse_arg(arg: str | None, defaults: dict[str, Any]) -> ml_collections.Confi
   values = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     if "=" not in item:
-      raise ValueError(f"config argument {item!r} is not key=value; keys: {sorted(defaults)}")
+      raise ConfigError(f"config argument {item!r} is not key=value; keys: {sorted(defaults)}")
     key, raw = item.split("=", 1)
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+      raise ConfigError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
     try:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -112,27 +125,24 @@ def parse_arg(arg: str | None, defaults: dict[str, Any]) -> ml_collections.Confi
 
 
 def _fail(field: str, value: Any, accepted: str) -> None:
-  raise ValueError(f"config.{field}={value!r} is invalid: expected {accepted}")
+  raise ConfigError(f"config.{field}={value!r} is invalid: expected {accepted}")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks a resolved config before anything is built; errors name the field and what is accepted."""
-  m, d, o, t = config.model, config.diffusion, config.optim, config.train
+  _check_model(config.model)
+  _check_objective(config.model, config.diffusion)
+  _check_optim_and_train(config.optim, config.train)
+  _check_batches(config, num_devices)
+
+
+def _check_model(m: ml_collections.ConfigDict) -> None:
   if m.type not in MODEL_TYPES:
     _fail("model.type", m.type, f"one of {MODEL_TYPES}")
-  if d.objective not in OBJECTIVES:
-    _fail("diffusion.objective", d.objective, f"one of {OBJECTIVES}")
   if m.dtype not in DTYPES:
     _fail("model.dtype", m.dtype, f"one of {DTYPES}")
-  if not isinstance(m.ell, int) or m.ell < 1:
-    _fail("model.ell", m.ell, "an integer ℓ >= 1")
-  if d.objective == "autoregressive":
-    if not m.causal or m.ell != 1 or m.type != "transformer":
-      _fail("diffusion.objective", d.objective,
-            "model.causal=True, model.ell=1 and model.type='transformer' for the "
-            "autoregressive baseline")
-  elif m.causal:
-    _fail("model.causal", m.causal, "False unless diffusion.objective='autoregressive'")
+  if not isinstance(m.ell, int) or isinstance(m.ell, bool) or m.ell < 1:
+    _fail("model.ell", m.ell, "an integer ℓ >= 1 (config argument ell)")
   if m.type == "transformer" and m.combine == "concat" and m.d_model % m.ell:
     _fail("model.d_model", m.d_model, f"a multiple of model.ell={m.ell} (ℓ), since "
           "the ℓ digit embeddings are concatenated (or set model.combine='sum')")
@@ -140,32 +150,50 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _fail("model.d_model", m.d_model, f"a multiple of model.num_heads={m.num_heads}")
   if not 0 <= m.dropout < 1:
     _fail("model.dropout", m.dropout, "a number in [0, 1)")
-  from prime_jax import schedules  # Light module; imported here to keep this file dependency-free.
+
+
+def _check_objective(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
+  if d.objective not in losses.OBJECTIVES:
+    _fail("diffusion.objective", d.objective, f"one of {tuple(losses.OBJECTIVES)}")
+  if losses.OBJECTIVES[d.objective].causal:
+    if not m.causal or m.ell != 1 or m.type != "transformer":
+      _fail("diffusion.objective", d.objective,
+            "model.causal=True, model.ell=1 and model.type='transformer' for the "
+            "autoregressive baseline")
+  elif m.causal:
+    _fail("model.causal", m.causal, "False unless diffusion.objective='autoregressive'")
   if d.schedule not in schedules.SCHEDULES:
     _fail("diffusion.schedule", d.schedule, f"one of {sorted(schedules.SCHEDULES)}")
   if not 0 < d.t_min < 1:
     _fail("diffusion.t_min", d.t_min, "a number in (0, 1)")
+
+
+def _check_optim_and_train(o: ml_collections.ConfigDict, tr: ml_collections.ConfigDict) -> None:
   if o.lr_schedule not in LR_SCHEDULES:
     _fail("optim.lr_schedule", o.lr_schedule, f"one of {LR_SCHEDULES}")
   if not o.lr > 0:
     _fail("optim.lr", o.lr, "a positive number")
   if not 0 <= o.ema_decay < 1:
     _fail("optim.ema_decay", o.ema_decay, "a number in [0, 1)")
-  if t.nan_policy not in NAN_POLICIES:
-    _fail("train.nan_policy", t.nan_policy, f"one of {NAN_POLICIES}")
+  if tr.nan_policy not in NAN_POLICIES:
+    _fail("train.nan_policy", tr.nan_policy, f"one of {NAN_POLICIES}")
   for field in ("batch_size", "num_steps", "log_every"):
-    if not isinstance(t[field], int) or t[field] < 1:
-      _fail(f"train.{field}", t[field], "a positive integer")
+    if not isinstance(tr[field], int) or tr[field] < 1:
+      _fail(f"train.{field}", tr[field], "a positive integer")
   if not isinstance(o.grad_accum_steps, int) or o.grad_accum_steps < 1:
     _fail("optim.grad_accum_steps", o.grad_accum_steps, "a positive integer")
+
+
+def _check_batches(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every batch must split evenly over the mesh's batch axes (and over micro-batches)."""
+  o, tr = config.optim, config.train
   mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
   batch_shards = mesh_shape[0] * mesh_shape[1]
-  micro = t.batch_size // o.grad_accum_steps
-  if t.batch_size % o.grad_accum_steps:
-    _fail("train.batch_size", t.batch_size,
+  if tr.batch_size % o.grad_accum_steps:
+    _fail("train.batch_size", tr.batch_size,
           f"a multiple of optim.grad_accum_steps={o.grad_accum_steps}")
-  if micro % batch_shards:
-    _fail("train.batch_size", t.batch_size,
+  if (tr.batch_size // o.grad_accum_steps) % batch_shards:
+    _fail("train.batch_size", tr.batch_size,
           f"a multiple of data×fsdp = {batch_shards} (times optim.grad_accum_steps) "
           f"for the mesh {dict(zip(('data', 'fsdp', 'tensor'), mesh_shape))}")
   examples = config.sample.get("inception_reference_examples", 0)
@@ -186,17 +214,17 @@ def resolve_mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> tup
     if not isinstance(s, int) or (s < 1 and s != -1):
       _fail(name, s, "a positive integer or -1 (fill with the remaining devices)")
   if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(names, sizes))}")
+    raise ConfigError(f"config.mesh: at most one axis may be -1, got {dict(zip(names, sizes))}")
   known = 1
   for s in sizes:
     known *= s if s != -1 else 1
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"config.mesh {dict(zip(names, sizes))} does not divide the "
+      raise ConfigError(f"config.mesh {dict(zip(names, sizes))} does not divide the "
                        f"{num_devices} available devices")
     sizes[sizes.index(-1)] = num_devices // known
   if sizes[0] * sizes[1] * sizes[2] != num_devices:
-    raise ValueError(f"config.mesh {dict(zip(names, sizes))} needs "
+    raise ConfigError(f"config.mesh {dict(zip(names, sizes))} needs "
                      f"{sizes[0] * sizes[1] * sizes[2]} devices but {num_devices} are available")
   return tuple(sizes)
 
@@ -207,7 +235,7 @@ BASELINES = ("", "mdm", "ar")
 def apply_variant(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
   """Applies the shared arguments: ell (ℓ), objective, carry_over and baseline ('mdm' or 'ar')."""
   if args.baseline not in BASELINES:
-    raise ValueError(f"config argument baseline={args.baseline!r}; expected one of {BASELINES}")
+    raise ConfigError(f"config argument baseline={args.baseline!r}; expected one of {BASELINES}")
   c.model.ell = args.ell
   c.diffusion.objective = args.objective
   c.diffusion.carry_over = args.carry_over
@@ -239,13 +267,42 @@ def paper_image_config(args: ml_collections.ConfigDict, name: str) -> ml_collect
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads 'configs/NAME.py[:args]' as --config does, for notebooks, scripts and tests."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist")
+    raise errors.MissingInput(f"config file {path!r} does not exist; the ones this project ships "
+                              "are configs/*.py")
   module_spec = importlib.util.spec_from_file_location(
       "prime_config_" + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+def _tuples(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def load_json(path: str) -> ml_collections.ConfigDict:
+  """The config a workdir saved in config.json (`path`: the workdir or the file itself).
+
+  Keys of earlier versions come back under their current names; JSON lists come back as
+  tuples, as the config files write them.
+  """
+  if os.path.isdir(path) or not path.endswith(".json"):
+    path = os.path.join(path, "config.json")
+  if not os.path.isfile(path):
+    raise errors.MissingInput(f"{path} does not exist: training writes the config of a workdir "
+                              "there (python -m prime_jax.main --mode=train)")
+  with open(path) as f:
+    raw = upgrade_saved(json.load(f))
+  return ml_collections.ConfigDict(_tuples(raw))
+
+
+def save_json(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes `config` to workdir/config.json, which eval, sample and resumed runs read back."""
+  path = os.path.join(workdir, "config.json")
+  with open(path, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return path

@@ -1,4 +1,4 @@
-"""Likelihood evaluation: the valid bound over a whole split, the paper's joint objective beside.
+"""Likelihood estimates: the valid bound over a whole split, the paper's joint objective beside.
 
 The valid bound (DESIGN §1.4 b) is an upper bound on -log p(x) for any network; the joint
 objective (a) is not, for ℓ > 1, and is reported only under the label "joint (not a bound)".
@@ -27,6 +27,7 @@ from prime_jax.forward import mask_subtokens
 from prime_jax.schedules import Schedule
 from prime_jax.subtokens import PrimeCode
 
+LN2 = math.log(2.0)
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = Union[np.ndarray, jax.Array, Mapping[str, Any]]
 
@@ -68,20 +69,6 @@ def eval_step(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: 
           "count": weights.reshape(batch, -1).sum(-1)}
 
 
-def make_eval_step(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], code: PrimeCode,
-                   schedule: Schedule, *, num_time_samples: int = 1, carry_over: bool = True,
-                   t_min: float = 1e-5):
-  """`fn(params, key, tokens, mask=None) -> eval_step dict`, jitted; for held-out evaluation
-  during training (`apply_fn(params, y, t)` gives the logits, deterministically)."""
-
-  @jax.jit
-  def fn(params, key, tokens, mask=None):
-    return eval_step(key, lambda y, t: apply_fn(params, y, t), code, schedule, tokens, mask,
-                     num_time_samples=num_time_samples, carry_over=carry_over, t_min=t_min)
-
-  return fn
-
-
 @dataclasses.dataclass(frozen=True)
 class Estimate:
   """A per-token mean in nats with its standard error."""
@@ -89,11 +76,14 @@ class Estimate:
   mean: float
   se: float
 
-  def in_units(self, unit: str) -> dict[str, float]:
-    return {f"nats_per_{unit}": self.mean, f"nats_per_{unit}_se": self.se,
-            f"bits_per_{unit}": self.mean / math.log(2),
-            f"bits_per_{unit}_se": self.se / math.log(2),
-            "perplexity": math.exp(self.mean), "perplexity_se": math.exp(self.mean) * self.se}
+  def fields(self, name: str, perplexity: bool = True) -> dict[str, float]:
+    """The flat result fields `{name}_nats`, `_nats_se`, `_bits`, `_bits_se` (`_perplexity`)."""
+    out = {f"{name}_nats": self.mean, f"{name}_nats_se": self.se,
+           f"{name}_bits": self.mean / LN2, f"{name}_bits_se": self.se / LN2}
+    if perplexity:
+      out[f"{name}_perplexity"] = math.exp(self.mean)
+    return out
+
 
 
 def ratio_estimate(sums, counts) -> Estimate:
@@ -113,53 +103,91 @@ def ratio_estimate(sums, counts) -> Estimate:
   return Estimate(float(mean), float(se))
 
 
+# Per-example sums an evaluation step may return, and whether exp(mean) is a perplexity: the
+# joint objective is not a likelihood for ℓ > 1, so it gets none.
+QUANTITIES = {"valid": True, "joint": False, "nll": True}
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-  """Split-level results; per-example arrays are kept for inspection but left out of to_dict."""
+  """Split-level estimates ('valid' and 'joint', or the causal baseline's 'nll').
 
-  valid: Estimate
-  joint: Estimate
+  `per_example` keeps each example's sums and 'count' for inspection; `to_dict` is the one flat
+  result format that evaluation files, logs and reports use.
+  """
+
+  estimates: Mapping[str, Estimate]
   unit: str
   num_examples: int
   num_tokens: float
   num_time_samples: int
-  per_example_valid: np.ndarray = dataclasses.field(repr=False)
-  per_example_joint: np.ndarray = dataclasses.field(repr=False)
-  per_example_count: np.ndarray = dataclasses.field(repr=False)
+  per_example: Mapping[str, np.ndarray] = dataclasses.field(repr=False)
+
+  @property
+  def valid(self) -> Estimate:
+    return self.estimates["valid"]
+
+  @property
+  def joint(self) -> Estimate:
+    return self.estimates["joint"]
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready: the bound under 'valid_bound', the paper's objective 'joint_not_a_bound'."""
-    return {"valid_bound": self.valid.in_units(self.unit),
-            "joint_not_a_bound": self.joint.in_units(self.unit),
-            "unit": self.unit, "num_examples": self.num_examples,
-            "num_tokens": self.num_tokens, "num_time_samples": self.num_time_samples,
-            "standard_error": "over examples of each example's K-sample average (ratio estimator)"}
+    """valid_bits, valid_bits_se, ..., joint_bits, ... (or nll_*), num_examples, num_tokens."""
+    out: dict[str, Any] = {}
+    for name, estimate in self.estimates.items():
+      out.update(estimate.fields(name, perplexity=QUANTITIES[name]))
+    out.update(num_examples=self.num_examples, num_tokens=self.num_tokens,
+               num_time_samples=self.num_time_samples, unit=self.unit)
+    return out
 
   def summary(self) -> str:
     u = self.unit
-    v, j = self.valid, self.joint
-    return (f"valid bound: {v.mean:.4f} ± {v.se:.4f} nats/{u}, "
-            f"{v.mean / math.log(2):.4f} ± {v.se / math.log(2):.4f} bits/{u}, "
-            f"perplexity {math.exp(v.mean):.3f}; joint (not a bound): {j.mean:.4f} ± {j.se:.4f} "
-            f"nats/{u} [{self.num_examples} examples, K={self.num_time_samples}]")
+    parts = []
+    for name, e in self.estimates.items():
+      label = {"valid": "valid bound", "joint": "joint (not a bound)", "nll": "NLL"}[name]
+      ppl = f", perplexity {math.exp(e.mean):.3f}" if QUANTITIES[name] else ""
+      parts.append(f"{label}: {e.mean:.4f} ± {e.se:.4f} nats/{u}, {e.mean / LN2:.4f} ± "
+                   f"{e.se / LN2:.4f} bits/{u}{ppl}")
+    return "; ".join(parts) + f" [{self.num_examples} examples, K={self.num_time_samples}]"
 
 
-def summarize(valid, joint, counts, *, unit: str = "token", num_time_samples: int = 1
-              ) -> EvalResult:
-  """Builds an EvalResult from concatenated per-example eval_step outputs."""
-  valid, joint, counts = (np.asarray(a, np.float64) for a in (valid, joint, counts))
-  return EvalResult(valid=ratio_estimate(valid, counts), joint=ratio_estimate(joint, counts),
-                    unit=unit, num_examples=int((counts > 0).sum()),
+def summarize(per_example: Mapping[str, Any], *, unit: str = "token",
+              num_time_samples: int = 1) -> EvalResult:
+  """An EvalResult from concatenated per-example sums (nats) and their 'count' of positions."""
+  arrays = {k: np.asarray(v, np.float64) for k, v in per_example.items()}
+  counts = arrays["count"]
+  unknown = set(arrays) - set(QUANTITIES) - {"count"}
+  if unknown:
+    raise ValueError(f"unknown per-example sums {sorted(unknown)}; expected {list(QUANTITIES)}")
+  estimates = {k: ratio_estimate(arrays[k], counts) for k in QUANTITIES if k in arrays}
+  return EvalResult(estimates=estimates, unit=unit, num_examples=int((counts > 0).sum()),
                     num_tokens=float(counts.sum()), num_time_samples=num_time_samples,
-                    per_example_valid=valid, per_example_joint=joint, per_example_count=counts)
+                    per_example=arrays)
 
 
-def _split_batch(batch: Batch):
+def split_batch(batch: Batch) -> tuple[Any, Any]:
+  """(tokens, mask or None) of a token array or a mapping with 'tokens' and maybe 'mask'."""
   if isinstance(batch, Mapping):
     if "tokens" not in batch:
       raise ValueError(f"a batch mapping needs a 'tokens' entry, got keys {sorted(batch)}")
     return batch["tokens"], batch.get("mask")
   return batch, None
+
+
+def collect(step_fn: Callable[[int, Batch], Mapping[str, Any]], batches: Iterable[Batch],
+            max_batches: Optional[int] = None, empty: str = "no batch to evaluate"
+            ) -> dict[str, np.ndarray]:
+  """Concatenated per-example outputs of `step_fn(index, batch)` over the first `max_batches`
+  batches (None or 0: all); `empty` is the error when there is no batch."""
+  parts: dict[str, list] = {}
+  for i, batch in enumerate(batches):
+    if max_batches and i >= max_batches:
+      break
+    for name, value in step_fn(i, batch).items():
+      parts.setdefault(name, []).append(np.asarray(value))
+  if not parts:
+    raise ValueError(empty)
+  return {name: np.concatenate(v) for name, v in parts.items()}
 
 
 def evaluate_bound(denoise_fn: DenoiseFn, code: PrimeCode, schedule: Schedule,
@@ -176,17 +204,10 @@ def evaluate_bound(denoise_fn: DenoiseFn, code: PrimeCode, schedule: Schedule,
   step = jax.jit(functools.partial(eval_step, denoise_fn=denoise_fn, code=code,
                                    schedule=schedule, num_time_samples=num_time_samples,
                                    carry_over=carry_over, t_min=t_min))
-  parts = {"valid": [], "joint": [], "count": []}
-  for i, batch in enumerate(batches):
-    if max_batches is not None and i >= max_batches:
-      break
-    tokens, mask = _split_batch(batch)
+
+  def one(i: int, batch: Batch):
+    tokens, mask = split_batch(batch)
     code.encode(np.asarray(tokens))  # Raises ValueError on ids outside [0, C).
-    out = step(jax.random.fold_in(key, i), tokens=tokens, mask=mask)
-    for name in parts:
-      parts[name].append(np.asarray(out[name]))
-  if not parts["valid"]:
-    raise ValueError("no batch to evaluate")
-  cat = {name: np.concatenate(v) for name, v in parts.items()}
-  return summarize(cat["valid"], cat["joint"], cat["count"], unit=unit,
+    return step(jax.random.fold_in(key, i), tokens=tokens, mask=mask)
+  return summarize(collect(one, batches, max_batches), unit=unit,
                    num_time_samples=num_time_samples)
