@@ -46,6 +46,11 @@ def env(devices: int, cache_dir: str | None = None) -> dict[str, str]:
   return e
 
 
+# What the shared `trained` workdir (conftest.py) runs: 4 steps, synchronous saves at 2 and 4.
+CHECKPOINTED = {"train__num_steps": 4, "train__checkpoint_every": 2, "train__keep_last": 3,
+                "train__async_checkpoint": False}
+
+
 def config_from_arg(arg: str, **overrides):
   """configs/shakespeare.py:`arg` (a variant such as 'baseline=ar'), TINY and `overrides`."""
   path = os.path.join(ROOT, "configs", "shakespeare.py")
