@@ -21,11 +21,13 @@ import os
 import time
 from typing import Any, Optional
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 
 class Manager:
@@ -126,7 +128,6 @@ def save(manager: Manager, step: int, state: Any, data_iterator: Any = None,
 
   A step that is already saved (a regular save just before a forced preemption save) is left as is.
   """
-  import grain  # pylint: disable=g-import-not-at-top
   if manager.latest_step() == step:
     return False
   if manager.hands_off:
@@ -155,7 +156,6 @@ def restore_latest(manager: Manager, target_state: Any,
   which will save those steps again) unreadable newer steps are moved out of the way; readers
   such as eval leave the workdir untouched.
   """
-  import grain  # pylint: disable=g-import-not-at-top
   steps = sorted(manager.all_steps(), reverse=True)
   if step is not None:
     if step not in steps:
@@ -197,7 +197,6 @@ def _set_aside(manager: Manager, steps: list[int]) -> None:
       os.rename(os.path.join(str(manager.directory), str(s)), destination)
       print(f"[checkpoint] moved unreadable step {s} to {destination}", flush=True)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("prime_jax_set_aside_unreadable_checkpoints")
   manager.reload()
 

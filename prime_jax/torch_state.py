@@ -18,6 +18,7 @@ import sys
 import zipfile
 from typing import Any, BinaryIO, Callable, Mapping
 
+import ml_dtypes
 import numpy as np
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -41,7 +42,6 @@ class TorchFileError(ValueError):
 
 def _numpy_dtype(name: str) -> np.dtype:
   if name == "bfloat16":
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
     return np.dtype(ml_dtypes.bfloat16)
   return np.dtype(name)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import grain
+import jax
+from absl import flags
 
 from prime_jax import errors
 from prime_jax.data import sources
@@ -17,7 +19,6 @@ from prime_jax.data import sources
 
 def _process(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -27,7 +28,6 @@ def _process(process_index: Optional[int], process_count: Optional[int]) -> tupl
 
 def _ensure_flags_parsed() -> None:
   """grain's worker processes read absl flags; outside an absl app use their defaults."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
