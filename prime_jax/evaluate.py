@@ -97,7 +97,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                           seed=config.seed + 2, data_config=data_config)
   out = {"checkpoint_step": found, "dataset": data_config.name, "split": e.split,
          "weights": "ema" if e.use_ema else "raw",
-         "objective_trained": exp.task.loss.objective.name, "ell": exp.code.ell, "seconds": time.perf_counter() - start, **result}
+         "objective_trained": exp.task.loss.objective.name, "ell": exp.code.ell,
+         "seconds": time.perf_counter() - start, **result}
   if "joint_bits" in result:
     out["note"] = BOUND_NOTE
   path = writers.write_json(
