@@ -129,7 +129,7 @@ def _fail(field: str, value: Any, accepted: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Checks a resolved config before anything is built; errors name the field and what is accepted."""
+  """Checks a resolved config before anything is built; errors name the field and what fits."""
   _check_model(config.model)
   _check_objective(config.model, config.diffusion)
   _check_optim_and_train(config.optim, config.train)
@@ -168,32 +168,33 @@ def _check_objective(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict)
     _fail("diffusion.t_min", d.t_min, "a number in (0, 1)")
 
 
-def _check_optim_and_train(o: ml_collections.ConfigDict, tr: ml_collections.ConfigDict) -> None:
+def _check_optim_and_train(o: ml_collections.ConfigDict,
+                           train_cfg: ml_collections.ConfigDict) -> None:
   if o.lr_schedule not in LR_SCHEDULES:
     _fail("optim.lr_schedule", o.lr_schedule, f"one of {LR_SCHEDULES}")
   if not o.lr > 0:
     _fail("optim.lr", o.lr, "a positive number")
   if not 0 <= o.ema_decay < 1:
     _fail("optim.ema_decay", o.ema_decay, "a number in [0, 1)")
-  if tr.nan_policy not in NAN_POLICIES:
-    _fail("train.nan_policy", tr.nan_policy, f"one of {NAN_POLICIES}")
+  if train_cfg.nan_policy not in NAN_POLICIES:
+    _fail("train.nan_policy", train_cfg.nan_policy, f"one of {NAN_POLICIES}")
   for field in ("batch_size", "num_steps", "log_every"):
-    if not isinstance(tr[field], int) or tr[field] < 1:
-      _fail(f"train.{field}", tr[field], "a positive integer")
+    if not isinstance(train_cfg[field], int) or train_cfg[field] < 1:
+      _fail(f"train.{field}", train_cfg[field], "a positive integer")
   if not isinstance(o.grad_accum_steps, int) or o.grad_accum_steps < 1:
     _fail("optim.grad_accum_steps", o.grad_accum_steps, "a positive integer")
 
 
 def _check_batches(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every batch must split evenly over the mesh's batch axes (and over micro-batches)."""
-  o, tr = config.optim, config.train
+  o, train_cfg = config.optim, config.train
   mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
   batch_shards = mesh_shape[0] * mesh_shape[1]
-  if tr.batch_size % o.grad_accum_steps:
-    _fail("train.batch_size", tr.batch_size,
+  if train_cfg.batch_size % o.grad_accum_steps:
+    _fail("train.batch_size", train_cfg.batch_size,
           f"a multiple of optim.grad_accum_steps={o.grad_accum_steps}")
-  if (tr.batch_size // o.grad_accum_steps) % batch_shards:
-    _fail("train.batch_size", tr.batch_size,
+  if (train_cfg.batch_size // o.grad_accum_steps) % batch_shards:
+    _fail("train.batch_size", train_cfg.batch_size,
           f"a multiple of data×fsdp = {batch_shards} (times optim.grad_accum_steps) "
           f"for the mesh {dict(zip(('data', 'fsdp', 'tensor'), mesh_shape))}")
   examples = config.sample.get("inception_reference_examples", 0)

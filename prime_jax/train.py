@@ -122,18 +122,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   changing anything that depends on num_steps (the learning-rate schedule, say).
   """
   run = _start(config, workdir)
-  t = config.train
+  train_cfg = config.train
   train_step = experiment.make_train_step(run.exp)
   batch_sharding = sharding.batch_sharding(run.exp.mesh)
   step = int(run.state.step)
-  progress = writers.Progress(t.num_steps, t.batch_size * int(np.prod(run.exp.example_shape)),
-                              step)
+  tokens_per_step = train_cfg.batch_size * int(np.prod(run.exp.example_shape))
+  progress = writers.Progress(train_cfg.num_steps, tokens_per_step, step)
   stop = StopRequest()
   stop.install()
   pending = None  # (step, metrics) fetched one step late, so the host never waits on the device
   last_eval: dict[str, float] = {}
   try:
-    last = t.num_steps if until_step is None else min(until_step, t.num_steps)
+    last = train_cfg.num_steps if until_step is None else min(until_step, train_cfg.num_steps)
     while step < last:
       batch = next(run.data_iter)
       check_token_range(batch["tokens"], run.exp, step + 1)
@@ -141,18 +141,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       run.state, metrics = train_step(run.state, tokens)
       step += 1
       if pending is not None:
-        check_finite(pending, t)
+        check_finite(pending, train_cfg)
       pending = (step, metrics)
       last_eval = _periodic(run, step, metrics, progress) or last_eval
-      if step % t.checkpoint_every == 0 or step == last:
+      if step % train_cfg.checkpoint_every == 0 or step == last:
         checkpointing.save(run.manager, step, run.state, run.data_iter)
       if stop.requested(step):
-        check_finite(pending, t)
+        check_finite(pending, train_cfg)
         checkpointing.save(run.manager, step, run.state, run.data_iter, force=True)
         print(f"[train] signal {stop.signum}: saved step {step}; exiting", flush=True)
         break
     if pending is not None:
-      check_finite(pending, t)
+      check_finite(pending, train_cfg)
   finally:
     stop.uninstall()
     run.manager.wait_until_finished()
@@ -164,17 +164,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _periodic(run: _Run, step: int, metrics, progress: writers.Progress
               ) -> Optional[dict[str, float]]:
   """Logs, held-out evaluation and samples due at `step`; returns the evaluation, if any."""
-  t = run.exp.config.train
-  if step % t.log_every == 0 or step == t.num_steps:
+  train_cfg = run.exp.config.train
+  if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
     scalars.update(progress.update(step))
     run.writer.write_scalars(step, scalars)
     if run.chief:
-      print("[train] " + writers.console_line(step, t.num_steps, scalars), flush=True)
+      print("[train] " + writers.console_line(step, train_cfg.num_steps, scalars), flush=True)
   held_out = None
-  if t.eval_every and (step % t.eval_every == 0 or step == t.num_steps):
+  if train_cfg.eval_every and (step % train_cfg.eval_every == 0 or step == train_cfg.num_steps):
     held_out = _held_out(run, step)
-  if t.sample_every and step % t.sample_every == 0 and run.exp.task.loss.objective.can_sample:
+  can_sample = run.exp.task.loss.objective.can_sample
+  if train_cfg.sample_every and step % train_cfg.sample_every == 0 and can_sample:
     _write_training_samples(run, step)
   return held_out
 
@@ -187,7 +188,7 @@ def check_token_range(tokens: np.ndarray, exp: Experiment, step: int) -> None:
                      f"{step}, outside the vocabulary [0, {exp.code.vocab_size})")
 
 
-def check_finite(pending: tuple[int, dict], t: ml_collections.ConfigDict) -> None:
+def check_finite(pending: tuple[int, dict], train_cfg: ml_collections.ConfigDict) -> None:
   """Stops (or, under nan_policy='skip', tolerates up to max_skipped_steps) non-finite steps.
 
   Uses the skip count returned with that step's metrics, not the state's later count.
@@ -198,14 +199,14 @@ def check_finite(pending: tuple[int, dict], t: ml_collections.ConfigDict) -> Non
   skipped = int(metrics["skipped"])
   bad = {k: float(v) for k, v in jax.device_get(metrics).items() if not np.isfinite(float(v))}
   bad = bad or {"grad_norm": float(metrics["grad_norm"])}
-  if t.nan_policy == "skip" and skipped <= t.max_skipped_steps:
+  if train_cfg.nan_policy == "skip" and skipped <= train_cfg.max_skipped_steps:
     print(f"[train] step {step}: non-finite {bad}; update skipped "
-          f"({skipped}/{t.max_skipped_steps})", flush=True)
+          f"({skipped}/{train_cfg.max_skipped_steps})", flush=True)
     return
   raise NonFiniteError(
       f"non-finite value at step {step}: {bad}; the update was not applied and no checkpoint "
-      f"of it was written (train.nan_policy={t.nan_policy!r}, skipped so far "
-      f"{skipped}, train.max_skipped_steps={t.max_skipped_steps})")
+      f"of it was written (train.nan_policy={train_cfg.nan_policy!r}, skipped so far "
+      f"{skipped}, train.max_skipped_steps={train_cfg.max_skipped_steps})")
 
 
 def _held_out(run: _Run, step: int) -> dict[str, float]:
