@@ -24,7 +24,7 @@ import glob, json, os, sys
 import numpy as np
 from prime_jax import data
 workdir = sys.argv[1]
-cfg = data.default_config("shakespeare_bytes")
+cfg = data.default_config("shakespeare_bytes", seq_len=256)
 counts = np.zeros(256)
 for batch in data.make_loader(cfg, "validation", batch_size=64, shuffle=False, num_epochs=1,
                               drop_remainder=False):
