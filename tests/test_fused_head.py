@@ -85,7 +85,7 @@ def test_every_objective_and_gradient_equals_unfused(ell, carry_over):
     np.testing.assert_array_equal(np.asarray(ref["valid"][0])[np.asarray(visible)], 0.0)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 19, 1000])
+@pytest.mark.parametrize("chunk_size", [1, 19, 25, 1000])
 def test_any_chunk_size_gives_the_same_values_and_gradients(chunk_size):
   code, params, x0, y, t, cot = _inputs(2, seed=1)
   _compare(code, ("valid", "joint"), True, params, x0, y, t, cot, chunk_size=chunk_size)
