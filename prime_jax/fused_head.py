@@ -21,7 +21,9 @@ from prime_jax.objectives import NEG_INF
 from prime_jax.schedules import Schedule
 from prime_jax.subtokens import PrimeCode
 
-DEFAULT_CHUNK_SIZE = 8192
+# Each chunk holds a few (N, chunk) float32 arrays at a time (more for the valid bound at large ℓ
+# where the backend does not fuse its ℓ per-digit reductions): choose the chunk for N.
+DEFAULT_CHUNK_SIZE = 4096
 # Same clamp as objectives._masked_digit_nll: a digit marginal is at least 1e-37 (~85 nats).
 _MIN_MARGINAL = 1e-37
 
