@@ -37,6 +37,12 @@ def transformer_body_matmul_params(d_model: int, num_layers: int, mlp_ratio: int
   return num_layers * (4 + 2 * mlp_ratio) * d_model * d_model
 
 
+def head_params(params) -> tuple[jax.Array, jax.Array]:
+  """(kernel (D, C), bias (C,)) of a PrimeTransformer's head, from its 'params' collection."""
+  head = nn.meta.unbox(params["head"])
+  return head["kernel"], head["bias"]
+
+
 class DiTBlock(nn.Module):
   """Pre-LN block: x += g1·Attn(mod1(LN(x))); x += g2·MLP(mod2(LN(x))); shifts, scales, g from c."""
 
@@ -142,7 +148,9 @@ class PrimeTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, y_BLl: jax.Array, t_B: Optional[jax.Array] = None, *,
-               train: bool) -> jax.Array:
+               train: bool, return_features: bool = False) -> jax.Array:
+    """(B, L, C) logits; with `return_features`, the (B, L, D) input of the head instead (for
+    `prime_jax.fused_head` with `head_params`). Initialise without it so the head exists."""
     ell = self.code.ell
     if y_BLl.ndim != 3 or y_BLl.shape[-1] != ell:
       raise ValueError(f"{type(self).__name__}: input must have shape (B, L, ℓ={ell}), "
@@ -175,6 +183,8 @@ class PrimeTransformer(nn.Module):
                                                        param_dtype=self.param_dtype,
                                                        name="final_adaln")(c_BC))
     h = modulate(LayerNorm(param_dtype=self.param_dtype, name="final_norm")(x_BLD), shift, scale)
+    if return_features:
+      return constrain(h.astype(self.dtype), ACTIVATION_AXES)
     logits_BLC = nn.Dense(self.code.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
                           kernel_init=logical(zeros_init, ("embed", "vocab")),
                           bias_init=logical(zeros_init, ("vocab",)),

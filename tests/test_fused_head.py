@@ -1,0 +1,145 @@
+"""The fused head equals the objectives on materialised logits h @ W + b: values and gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prime_jax import fused_head, objectives, schedules
+from prime_jax.models import PrimeTransformer
+from prime_jax.models.transformer import head_params
+from prime_jax.subtokens import PrimeCode
+
+C, D, B, L = 57, 8, 3, 6  # C = 3·16 + 9: the last chunk of 16 overlaps the one before it.
+SCHEDULE = schedules.LogLinear()
+DIFFUSION = ("valid", "joint", "cross_entropy")
+
+
+def _inputs(ell: int, seed: int = 0):
+  code = PrimeCode(C, ell)
+  rng = np.random.default_rng(seed)  # numpy draws: nothing to compile.
+  params = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((B, L, D), (D, C), (C,)))
+  x0 = rng.integers(0, C, (B, L)).astype(np.int32)
+  t = np.array([0.05, 0.5, 0.95], np.float32)  # Mostly visible, half, mostly masked.
+  visible = rng.uniform(size=(B, L, ell)) < (1.0 - t)[:, None, None]
+  y = np.where(visible, code.encode(x0), code.mask_value).astype(np.int32)
+  cot = rng.uniform(0.5, 1.5, (B, L)).astype(np.float32)  # Per-token weights.
+  return code, params, jnp.asarray(x0), jnp.asarray(y), jnp.asarray(t), jnp.asarray(cot)
+
+
+def _reference(code, objective, carry_over, h, kernel, bias, x0, y, t):
+  logits = h @ kernel + bias
+  if objective == "autoregressive":
+    return -objectives.token_log_probs(code, logits, x0)
+  return objectives.loss_per_token(objective, code, SCHEDULE, logits, x0, y, t, carry_over)
+
+
+def _fused(code, objective, carry_over, h, kernel, bias, x0, y, t, chunk_size=16):
+  if objective == "autoregressive":
+    return fused_head.autoregressive_nll(code, h, kernel, bias, x0, chunk_size=chunk_size)
+  return fused_head.loss_per_token(objective, code, SCHEDULE, h, kernel, bias, x0, y, t,
+                                   carry_over, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _values_and_grads(loss_fn, code, names, carry_over, params, x0, y, t, cot):
+  """{objective: (per-token values, grads w.r.t. (h, kernel, bias) of Σ cot · values)}."""
+  out = {}
+  for name in names:
+    f = lambda p, name=name: loss_fn(code, name, carry_over, *p, x0, y, t)
+    value, vjp = jax.vjp(f, params)
+    out[name] = (value, vjp(cot)[0])
+  return out
+
+
+def _assert_close(actual, expected, rel=1e-5, what=""):
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  scale = max(np.abs(expected).max(), 1e-6)
+  err = np.abs(actual - expected).max()
+  assert err <= rel * scale, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+def _compare(code, names, carry_over, params, x0, y, t, cot, rel=1e-5, **kw):
+  fused_fn = functools.partial(_fused, **kw) if kw else _fused
+  ref = _values_and_grads(_reference, code, names, carry_over, params, x0, y, t, cot)
+  got = _values_and_grads(fused_fn, code, names, carry_over, params, x0, y, t, cot)
+  for name in names:
+    _assert_close(got[name][0], ref[name][0], rel, f"{name} value")
+    for arg, g_got, g_ref in zip(("h", "kernel", "bias"), got[name][1], ref[name][1]):
+      _assert_close(g_got, g_ref, rel, f"{name} d/d{arg}")
+  return ref
+
+
+@pytest.mark.parametrize("carry_over", [True, False])
+@pytest.mark.parametrize("ell", [1, 2, 4, 6])
+def test_every_objective_and_gradient_equals_unfused(ell, carry_over):
+  code, params, x0, y, t, cot = _inputs(ell)
+  names = DIFFUSION + (("autoregressive",) if carry_over else ())
+  ref = _compare(code, names, carry_over, params, x0, y, t, cot)
+  # The inputs exercise both branches: some tokens cost nothing, some a lot.
+  visible = (y != code.mask_value).all(-1)
+  assert visible.any() and (~visible).any()
+  if carry_over:
+    np.testing.assert_array_equal(np.asarray(ref["valid"][0])[np.asarray(visible)], 0.0)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 19, 25, 1000])
+def test_any_chunk_size_gives_the_same_values_and_gradients(chunk_size):
+  code, params, x0, y, t, cot = _inputs(2, seed=1)
+  _compare(code, ("valid", "joint"), True, params, x0, y, t, cot, chunk_size=chunk_size)
+
+
+def test_one_pass_gives_every_diffusion_objective_and_bfloat16_stays_close():
+  code, (h, kernel, bias), x0, y, t, _ = _inputs(4, seed=2)
+
+  @jax.jit
+  def run(h, kernel, bias, x0, y, t):
+    logits = h @ kernel + bias
+    ref = {n: objectives.loss_per_token(n, code, SCHEDULE, logits, x0, y, t) for n in DIFFUSION}
+    stats = fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16)
+    bf16 = fused_head.valid_loss(code, SCHEDULE, h, kernel, bias, x0, y, t, chunk_size=16,
+                                 compute_dtype=jnp.bfloat16)
+    return ref, fused_head.losses_from_stats(code, SCHEDULE, stats, y, t), bf16
+
+  ref, got, bf16 = run(h, kernel, bias, x0, y, t)
+  for name in DIFFUSION:
+    _assert_close(got[name], ref[name], what=name)
+  assert bf16.dtype == jnp.float32
+  _assert_close(bf16, ref["valid"], rel=3e-2, what="bfloat16 valid")
+
+
+def test_transformer_features_times_head_params_are_its_logits():
+  code = PrimeCode(C, 2)
+  model = PrimeTransformer(code, d_model=24, num_layers=1, num_heads=2, cond_dim=16)
+  y = jnp.asarray(code.encode(np.arange(2 * L).reshape(2, L) % C))
+  y = y.at[:, ::2, 1].set(code.mask_value)
+  params = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(1, impl="rbg"), y, None)["params"]
+  rs = np.random.RandomState(0)
+  params = jax.tree.map(lambda a: a + 0.2 * rs.standard_normal(a.shape).astype(a.dtype),
+                        jax.tree.map(np.asarray, params))
+  logits, h = jax.jit(lambda p: (
+      model.apply({"params": p}, y, None, train=False),
+      model.apply({"params": p}, y, None, train=False, return_features=True)))(params)
+  kernel, bias = head_params(params)
+  assert h.shape == (2, L, 24) and kernel.shape == (24, C)
+  _assert_close(h @ kernel + bias, logits, what="logits")
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(kernel=jnp.zeros((D, C - 1))), "kernel"),
+    (dict(bias=jnp.zeros((C + 1,))), "bias"),
+    (dict(h=jnp.zeros((B, L, D + 1))), "features"),
+    (dict(x0=jnp.zeros((B, L + 1), jnp.int32)), "x0"),
+    (dict(y=jnp.zeros((B, L, 3), jnp.int32)), "y"),
+])
+def test_bad_shapes_and_chunk_sizes_are_named(change, match):
+  code, (h, kernel, bias), x0, y, _, _ = _inputs(2)
+  args = dict(h=h, kernel=kernel, bias=bias, x0=x0, y=y, chunk_size=16)
+  args.update(change)
+  with pytest.raises(ValueError, match=match):
+    fused_head.head_stats(code, args["h"], args["kernel"], args["bias"], args["x0"], args["y"],
+                          chunk_size=args["chunk_size"])
