@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prime_jax import forward, fused_head, objectives, schedules
+from prime_jax import forward, fused_head, losses, objectives, schedules
 from prime_jax.subtokens import PrimeCode
 
 
@@ -89,11 +89,10 @@ def _head_grads(code, schedule, objective, fused, chunk):
   def loss(params, x0, y, t):
     h, kernel, bias = params
     if fused:
-      per_token = fused_head.loss_per_token(objective, code, schedule, h, kernel, bias, x0, y, t,
-                                            chunk_size=chunk)
+      per_token = losses.get(objective).fused_loss(code, schedule, h, kernel, bias, x0, y, t,
+                                                   chunk_size=chunk)
     else:
-      per_token = objectives.loss_per_token(objective, code, schedule, h @ kernel + bias, x0, y,
-                                            t)
+      per_token = losses.get(objective).token_loss(code, schedule, h @ kernel + bias, x0, y, t)
     return per_token.mean()
   return jax.grad(loss)
 

@@ -14,7 +14,7 @@ def get_config(arg=None):
   c = config.base_config()
   c.data.update(name="openwebtext", seq_len=1024, tokenizer="gpt2", data_dir=args.data_dir)
   c.model.update(d_model=768, num_layers=12, num_heads=12, dropout=0.1, dtype="bfloat16",
-                 remat=True)
+                 fused_head_chunk=4096, remat=True)
   c.optim.update(lr=3e-4, warmup_steps=2500, lr_schedule="constant", ema_decay=0.9999,
                  weight_decay=0.0, grad_clip=1.0)
   c.train.update(batch_size=512, num_steps=1_000_000, log_every=100, eval_every=10_000,

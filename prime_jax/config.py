@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
       dropout=0.0, cond_dim=128, time_conditioning=False, causal=False,
       per_digit_tables=False, combine="concat", dtype="float32", remat=False,
       scan_layers=False,
+      # > 0: train through `fused_head` in chunks of this many token values, never forming the
+      # (B, L, C) logits (transformer only); 0 forms them.
+      fused_head_chunk=0,
       # U-Net only.
       ch=96, ch_mult=(3, 4, 4), num_res_blocks=5, attn_resolutions=(16,), head_dim=64,
       emb_features=0))
@@ -150,6 +153,10 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
     _fail("model.d_model", m.d_model, f"a multiple of model.num_heads={m.num_heads}")
   if not 0 <= m.dropout < 1:
     _fail("model.dropout", m.dropout, "a number in [0, 1)")
+  chunk = m.get("fused_head_chunk", 0)
+  if not isinstance(chunk, int) or chunk < 0 or (chunk and m.type != "transformer"):
+    _fail("model.fused_head_chunk", chunk, "0 (logits formed) or, for model.type='transformer', "
+          "a positive number of token values per chunk")
 
 
 def _check_objective(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:

@@ -203,7 +203,7 @@ def _time_weight(schedule: Schedule, t, ndim: int) -> jax.Array:
 
 
 def losses_from_stats(code: PrimeCode, schedule: Schedule, stats: HeadStats, y_t, t) -> dict:
-  """Per-token 'valid', 'joint' and 'cross_entropy' losses, as `objectives.loss_per_token` gives.
+  """Per-token 'valid', 'joint' and 'cross_entropy' losses, as the `losses` registry's token losses give.
 
   All three come from one pass of the head: train on one, stop_gradient the others for metrics.
   'valid' needs stats made with `with_hits=True`.
@@ -235,38 +235,33 @@ def autoregressive_nll(code: PrimeCode, h, kernel_DC, bias_C, tokens, *,
                           compute_dtype=compute_dtype)
 
 
-OBJECTIVES = ("valid", "joint", "cross_entropy")
-
-
-def loss_per_token(objective: str, code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C,
-                   x0, y_t, t, carry_over: bool = True, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   compute_dtype: Optional[Any] = None) -> jax.Array:
-  """`objectives.loss_per_token` on logits h @ kernel + bias, without forming them."""
-  if objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+def _diffusion_loss(name: str, code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0,
+                    y_t, t, carry_over: bool, chunk_size: int, compute_dtype) -> jax.Array:
   stats = head_stats(code, h, kernel_DC, bias_C, x0, y_t if carry_over else None,
-                     chunk_size=chunk_size, with_hits=objective == "valid",
+                     chunk_size=chunk_size, with_hits=name == "valid",
                      compute_dtype=compute_dtype)
-  return losses_from_stats(code, schedule, stats, y_t, t)[objective]
+  return losses_from_stats(code, schedule, stats, y_t, t)[name]
 
 
 def valid_loss(code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0, y_t, t,
-               carry_over: bool = True, **kw) -> jax.Array:
-  """Fused `objectives.valid_loss`; keywords as `loss_per_token`."""
-  return loss_per_token("valid", code, schedule, h, kernel_DC, bias_C, x0, y_t, t, carry_over,
-                        **kw)
+               carry_over: bool = True, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+               compute_dtype: Optional[Any] = None) -> jax.Array:
+  """`objectives.valid_loss` on logits h @ kernel + bias, without forming them."""
+  return _diffusion_loss("valid", code, schedule, h, kernel_DC, bias_C, x0, y_t, t, carry_over,
+                         chunk_size, compute_dtype)
 
 
 def joint_loss(code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0, y_t, t,
-               carry_over: bool = True, **kw) -> jax.Array:
-  """Fused `objectives.joint_loss`; keywords as `loss_per_token`."""
-  return loss_per_token("joint", code, schedule, h, kernel_DC, bias_C, x0, y_t, t, carry_over,
-                        **kw)
+               carry_over: bool = True, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+               compute_dtype: Optional[Any] = None) -> jax.Array:
+  """`objectives.joint_loss` on logits h @ kernel + bias, without forming them."""
+  return _diffusion_loss("joint", code, schedule, h, kernel_DC, bias_C, x0, y_t, t, carry_over,
+                         chunk_size, compute_dtype)
 
 
 def cross_entropy_loss(code: PrimeCode, h, kernel_DC, bias_C, x0, y_t, carry_over: bool = True,
                        **kw) -> jax.Array:
-  """Fused `objectives.cross_entropy_loss`; keywords as `loss_per_token` (no schedule needed)."""
+  """`objectives.cross_entropy_loss` on logits h @ kernel + bias; keywords as `valid_loss`."""
   stats = head_stats(code, h, kernel_DC, bias_C, x0, y_t if carry_over else None,
                      with_hits=False, **kw)
   return stats.log_z - stats.target

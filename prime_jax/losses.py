@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prime_jax import errors, forward, likelihood, objectives, schedules
+from prime_jax import errors, forward, fused_head, likelihood, objectives, schedules
 from prime_jax.schedules import Schedule
 from prime_jax.subtokens import PrimeCode
 
@@ -30,6 +30,13 @@ def _cross_entropy(code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
   return objectives.cross_entropy_loss(code, logits, x0, y_t, carry_over)
 
 
+def _fused_cross_entropy(code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0, y_t, t,
+                         carry_over: bool = True, **chunking) -> jax.Array:
+  del schedule, t
+  return fused_head.cross_entropy_loss(code, h, kernel_DC, bias_C, x0, y_t, carry_over,
+                                       **chunking)
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """What a config name means: the loss per token and what training and evaluation report."""
@@ -37,6 +44,10 @@ class Objective:
   name: str
   causal: bool  # The autoregressive baseline: ℓ = 1, causal attention, inputs shifted right.
   token_loss: Optional[TokenLoss]  # Diffusion objectives only.
+  # The same loss from the head's input h, kernel and bias, never forming the logits:
+  # (code, schedule, h (B, *P, D), kernel (D, C), bias (C,), x0, y_t, t, carry_over, *,
+  #  chunk_size, compute_dtype) -> (B, *P).
+  fused_loss: Optional[TokenLoss]
   metrics: tuple[str, ...]  # Per-token means a training step reports besides 'loss'.
   eval_sums: tuple[str, ...]  # Per-example sums evaluation returns besides 'count'.
 
@@ -48,13 +59,13 @@ class Objective:
 
 _DIFFUSION_METRICS = ("valid", "joint")
 OBJECTIVES = {
-    "valid": Objective("valid", False, objectives.valid_loss, _DIFFUSION_METRICS,
-                       _DIFFUSION_METRICS),
-    "joint": Objective("joint", False, objectives.joint_loss, _DIFFUSION_METRICS,
-                       _DIFFUSION_METRICS),
-    "cross_entropy": Objective("cross_entropy", False, _cross_entropy, _DIFFUSION_METRICS,
-                               _DIFFUSION_METRICS),
-    "autoregressive": Objective("autoregressive", True, None, ("nll",), ("nll",)),
+    "valid": Objective("valid", False, objectives.valid_loss, fused_head.valid_loss,
+                       _DIFFUSION_METRICS, _DIFFUSION_METRICS),
+    "joint": Objective("joint", False, objectives.joint_loss, fused_head.joint_loss,
+                       _DIFFUSION_METRICS, _DIFFUSION_METRICS),
+    "cross_entropy": Objective("cross_entropy", False, _cross_entropy, _fused_cross_entropy,
+                               _DIFFUSION_METRICS, _DIFFUSION_METRICS),
+    "autoregressive": Objective("autoregressive", True, None, None, ("nll",), ("nll",)),
 }
 
 
@@ -82,28 +93,38 @@ class Loss:
   carry_over: bool = True
   t_min: float = 1e-5
   antithetic: bool = True
+  head_chunk: int = 0  # > 0: training never forms (B, *P, C) logits (`fused_head`).
 
   def token_losses(self, logits, tokens, y_t, t) -> jax.Array:
     """(B, *P) nats of the trained objective at given logits (a diffusion objective)."""
     return self.objective.token_loss(self.code, self.schedule, logits, tokens, y_t, t,
                                      self.carry_over)
 
-  def train(self, apply_fn: ApplyFn, tokens, key: jax.Array
+  def train(self, apply_fn: ApplyFn, tokens, key: jax.Array, head: Optional[tuple] = None
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(per-example loss (B,), per-example metrics) in nats per token on one batch.
 
     Diffusion objectives report the valid bound and the paper's joint objective on the same
-    noised batch, whichever one is trained.
+    noised batch, whichever one is trained. With `head` = (kernel (D, C), bias (C,)),
+    `apply_fn` gives the head's input h instead of logits (`head_chunk` > 0).
     """
     k_t, k_mask, k_drop = jax.random.split(key, 3)
     axes = tuple(range(1, tokens.ndim))
     if self.objective.causal:
-      logits = apply_fn(autoregressive_inputs(self.code, tokens), None, k_drop)
-      per_example = -objectives.token_log_probs(self.code, logits, tokens).mean(axes)
+      out = apply_fn(autoregressive_inputs(self.code, tokens), None, k_drop)
+      if head is None:
+        nll = -objectives.token_log_probs(self.code, out, tokens)
+      else:
+        nll = fused_head.autoregressive_nll(self.code, out, *head, tokens,
+                                            chunk_size=self.head_chunk, compute_dtype=out.dtype)
+      per_example = nll.mean(axes)
       return per_example, {"nll": per_example}
     t = schedules.sample_times(k_t, tokens.shape[0], self.t_min, self.antithetic)
     y = forward.mask_subtokens(k_mask, self.code, tokens, self.schedule.alpha(t))
-    logits = apply_fn(y, t, k_drop)
+    out = apply_fn(y, t, k_drop)
+    if head is not None:
+      return self._fused_train(out, head, tokens, y, t, axes)
+    logits = out
     per_token = self.token_losses(logits, tokens, y, t)
     fixed = jax.lax.stop_gradient(logits)
     metrics = {}
@@ -112,6 +133,16 @@ class Loss:
           self.code, self.schedule, fixed, tokens, y, t, self.carry_over)
       metrics[name] = jax.lax.stop_gradient(value).mean(axes)
     return per_token.mean(axes), metrics
+
+  def _fused_train(self, h, head: tuple, tokens, y, t, axes: tuple[int, ...]
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The diffusion loss and metrics from one chunked pass of the head (`fused_head`)."""
+    stats = fused_head.head_stats(self.code, h, *head, tokens, y if self.carry_over else None,
+                                  chunk_size=self.head_chunk, compute_dtype=h.dtype)
+    per = fused_head.losses_from_stats(self.code, self.schedule, stats, y, t)
+    metrics = {name: jax.lax.stop_gradient(per[name]).mean(axes)
+               for name in self.objective.metrics}
+    return per[self.objective.name].mean(axes), metrics
 
   def log_probs(self, denoise_fn: likelihood.DenoiseFn, tokens) -> jax.Array:
     """(B, *P) log p(x_i | x_<i) of the causal baseline (`denoise_fn(y, t)` gives logits)."""
@@ -142,7 +173,8 @@ def make_schedule(diffusion: ml_collections.ConfigDict) -> Schedule:
                                  power=diffusion.schedule_power)
 
 
-def from_config(diffusion: ml_collections.ConfigDict, code: PrimeCode) -> Loss:
-  """The loss of a config's diffusion section for `code`."""
-  return Loss(get(diffusion.objective), code, make_schedule(diffusion), diffusion.carry_over,
-              diffusion.t_min, diffusion.antithetic)
+def from_config(config: ml_collections.ConfigDict, code: PrimeCode) -> Loss:
+  """The loss a config trains and evaluates for `code`."""
+  d = config.diffusion
+  return Loss(get(d.objective), code, make_schedule(d), d.carry_over, d.t_min, d.antithetic,
+              config.model.get("fused_head_chunk", 0))

@@ -19,6 +19,7 @@ import optax
 
 from prime_jax import losses
 from prime_jax.models import PrimeTransformer, PrimeUNet
+from prime_jax.models.transformer import head_params
 from prime_jax.subtokens import PrimeCode
 
 LN2 = math.log(2.0)
@@ -108,7 +109,7 @@ def build_task(config: ml_collections.ConfigDict, vocab_size: int,
   """The model, loss and optimizer of a config for data of C = `vocab_size` values."""
   code = PrimeCode(vocab_size, config.model.ell)
   return Task(model=build_model(config, code, example_shape),
-              loss=losses.from_config(config.diffusion, code), tx=build_optimizer(config),
+              loss=losses.from_config(config, code), tx=build_optimizer(config),
               ema_decay=config.optim.ema_decay, grad_accum_steps=config.optim.grad_accum_steps)
 
 
@@ -130,9 +131,12 @@ def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
 def loss_terms(task: Task, params, tokens, key: jax.Array, *, train: bool
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(per-example training loss (B,), per-example metrics) of `task.loss` on one batch (nats)."""
+  fused = task.loss.head_chunk > 0
+
   def apply_fn(y, t, dropout_key):
-    return task.model.apply({"params": params}, y, t, train=train, rngs={"dropout": dropout_key})
-  return task.loss.train(apply_fn, tokens, key)
+    return task.model.apply({"params": params}, y, t, train=train, rngs={"dropout": dropout_key},
+                            **({"return_features": True} if fused else {}))
+  return task.loss.train(apply_fn, tokens, key, head_params(params) if fused else None)
 
 
 def _tree_where(pred, new, old):

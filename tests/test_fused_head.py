@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prime_jax import fused_head, objectives, schedules
+import tiny
+from prime_jax import config as config_lib, fused_head, losses, objectives, schedules
+from prime_jax import step as step_lib
 from prime_jax.models import PrimeTransformer
 from prime_jax.models.transformer import head_params
 from prime_jax.subtokens import PrimeCode
@@ -33,14 +35,14 @@ def _reference(code, objective, carry_over, h, kernel, bias, x0, y, t):
   logits = h @ kernel + bias
   if objective == "autoregressive":
     return -objectives.token_log_probs(code, logits, x0)
-  return objectives.loss_per_token(objective, code, SCHEDULE, logits, x0, y, t, carry_over)
+  return losses.get(objective).token_loss(code, SCHEDULE, logits, x0, y, t, carry_over)
 
 
 def _fused(code, objective, carry_over, h, kernel, bias, x0, y, t, chunk_size=16):
   if objective == "autoregressive":
     return fused_head.autoregressive_nll(code, h, kernel, bias, x0, chunk_size=chunk_size)
-  return fused_head.loss_per_token(objective, code, SCHEDULE, h, kernel, bias, x0, y, t,
-                                   carry_over, chunk_size=chunk_size)
+  return losses.get(objective).fused_loss(code, SCHEDULE, h, kernel, bias, x0, y, t,
+                                             carry_over, chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -97,7 +99,7 @@ def test_one_pass_gives_every_diffusion_objective_and_bfloat16_stays_close():
   @jax.jit
   def run(h, kernel, bias, x0, y, t):
     logits = h @ kernel + bias
-    ref = {n: objectives.loss_per_token(n, code, SCHEDULE, logits, x0, y, t) for n in DIFFUSION}
+    ref = {n: losses.get(n).token_loss(code, SCHEDULE, logits, x0, y, t) for n in DIFFUSION}
     stats = fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16)
     bf16 = fused_head.valid_loss(code, SCHEDULE, h, kernel, bias, x0, y, t, chunk_size=16,
                                  compute_dtype=jnp.bfloat16)
@@ -143,3 +145,30 @@ def test_bad_shapes_and_chunk_sizes_are_named(change, match):
   with pytest.raises(ValueError, match=match):
     fused_head.head_stats(code, args["h"], args["kernel"], args["bias"], args["x0"], args["y"],
                           chunk_size=args["chunk_size"])
+
+
+@pytest.mark.parametrize("arg", ["ell=2", "ell=4,carry_over=False", "objective=joint",
+                                 "baseline=ar"])
+def test_a_train_step_through_the_fused_head_equals_the_one_on_logits(arg):
+  """config.model.fused_head_chunk changes how the loss is computed, not its value or gradient."""
+  results = []
+  for chunk in (0, 100):  # C = 256 does not divide into chunks of 100.
+    c = tiny.config_from_arg(arg, model__fused_head_chunk=chunk)
+    config_lib.validate(c, 8)
+    task = step_lib.build_task(c, 256, (32,))
+    state = step_lib.init_state(task, jax.random.key(0), (32,))
+    # A non-zero head, so its gradient and the logits it gives are not trivial.
+    state = state.replace(params=jax.tree.map(
+        lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), state.params))
+    tokens = jax.random.randint(jax.random.key(2), (8, 32), 0, 256)
+    def loss(p):
+      per_example, metrics = step_lib.loss_terms(task, p, tokens, jax.random.key(3), train=False)
+      return per_example.mean(), metrics
+    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    results.append((value, metrics, grads))
+  (v0, m0, g0), (v1, m1, g1) = results
+  _assert_close(v1, v0, what="loss")
+  for name in m0:
+    _assert_close(m1[name], m0[name], what=name)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    _assert_close(a, b, rel=1e-4, what="gradient")
