@@ -56,10 +56,10 @@ def step_flops(vocab: int, d: int, layers: int, seq: int, batch: int) -> float:
   return 6 * n_body * batch * seq + 12 * layers * seq**2 * d * batch + 6 * d * vocab * batch * seq
 
 
-def _config(vocab_len, d, layers, heads, seq, batch, carry_over, dtype="float32"):
+def _config(vocab_len, d, layers, heads, seq, batch, carry_over, dtype="float32", fused_chunk=0):
   c = config_lib.base_config()
   c.model.update(ell=vocab_len, d_model=d, num_layers=layers, num_heads=heads, dropout=0.0,
-                 dtype=dtype)
+                 dtype=dtype, fused_head_chunk=fused_chunk)
   c.diffusion.carry_over = carry_over
   c.train.batch_size = batch
   c.data.seq_len = seq
@@ -67,9 +67,11 @@ def _config(vocab_len, d, layers, heads, seq, batch, carry_over, dtype="float32"
 
 
 def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, batch: int,
-              carry_over: bool, repeats: int, devices=None, dtype="float32") -> float:
-  """Median seconds of one jitted train step (state donated), batch sharded over `devices`."""
-  c = _config(ell, d, layers, heads, seq, batch, carry_over, dtype)
+              carry_over: bool, repeats: int, devices=None, dtype="float32",
+              fused_chunk: int = 0) -> float:
+  """Median seconds of one jitted train step (state donated), batch sharded over `devices`;
+  `fused_chunk` > 0 trains through the fused head (model.fused_head_chunk)."""
+  c = _config(ell, d, layers, heads, seq, batch, carry_over, dtype, fused_chunk)
   devices = devices or jax.devices()[:1]
   c.mesh.update(data=len(devices), fsdp=1, tensor=1)
   task = step_lib.build_task(c, vocab, (seq,))
@@ -103,15 +105,18 @@ def main():
   peak = matmul_flops_per_sec()
   print(f"device {jax.devices()[0].platform} x{jax.device_count()}; measured dense float32 "
         f"matmul: {peak / 1e9:.1f} GFLOP/s")
-  shapes = [("bytes", 256, True, 256, 8, 0.300), ("gpt2 no carry-over", 50257, False, 128, 4, None),
-            ("gpt2 carry-over", 50257, True, 128, 4, 0.450)]
+  shapes = [("bytes", 256, True, 256, 8, 0.300, 0),
+            ("gpt2 no carry-over", 50257, False, 128, 4, None, 0),
+            ("gpt2 carry-over", 50257, True, 128, 4, 0.450, 0),
+            ("gpt2 no c-o, fused", 50257, False, 128, 4, None, 4096),
+            ("gpt2 carry-over, fused", 50257, True, 128, 4, None, 4096)]
   results = {}
-  for name, vocab, carry, seq, batch, target in shapes:
-    sec = time_step(vocab, 2, 256, 4, 4, seq, batch, carry, args.repeats)
+  for name, vocab, carry, seq, batch, target, chunk in shapes:
+    sec = time_step(vocab, 2, 256, 4, 4, seq, batch, carry, args.repeats, fused_chunk=chunk)
     flops = step_flops(vocab, 256, 4, seq, batch)
     results[name] = sec
     goal = f" (target <= {target * 1e3:.0f} ms)" if target else ""
-    print(f"{name:>20}: {sec * 1e3:7.1f} ms/step{goal}, {batch * seq / sec:8.0f} tokens/s, "
+    print(f"{name:>22}: {sec * 1e3:7.1f} ms/step{goal}, {batch * seq / sec:8.0f} tokens/s, "
           f"{flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peak:5.1%} of matmul peak")
   extra = results["gpt2 carry-over"] / results["gpt2 no carry-over"] - 1
   print(f"carry-over costs {extra:+.1%} of the GPT-2-vocabulary step (target < 10%)")
