@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from exact_posterior import exact_posterior
 from prime_jax import sampling, schedules
+from prime_jax.sampling import draws
 from prime_jax.subtokens import PrimeCode
 
 LINEAR = schedules.LogLinear(eps=0.0)
@@ -423,7 +424,7 @@ def test_draws_follow_probabilities_in_both_precisions():
 
 def test_two_level_race_follows_probabilities(monkeypatch):
   """Past FLAT_RACE_MAX entries the race picks a block by its mass, then an entry: same law."""
-  monkeypatch.setattr(sampling, "FLAT_RACE_MAX", 8)  # 37 entries race as 6 blocks of 7.
+  monkeypatch.setattr(draws, "FLAT_RACE_MAX", 8)  # 37 entries race as 6 blocks of 7.
   probs = np.random.default_rng(3).dirichlet(np.full(37, 0.7))
   for top_p in (1.0, 0.8):
     kept = _nucleus(probs, top_p)
