@@ -108,7 +108,8 @@ def draw_slot_count(schedule: Schedule, config: SamplerConfig, num_positions: in
   return 0 if slots >= batch * num_positions else int(slots)
 
 
-def expected_idle_fraction(schedule: Schedule, config: SamplerConfig, num_subtokens: int) -> float:
+def expected_idle_fraction(schedule: Schedule, config: SamplerConfig, num_subtokens: int
+                           ) -> float:
   """Mean over the T grid steps of the idle probability: the fraction of network calls caching
   saves, for one example (num_subtokens = ℓ·L) or a batch (ℓ·L·B), final fill step excluded."""
   return float(np.mean(idle_probability(schedule, config, num_subtokens)[:-1]))
