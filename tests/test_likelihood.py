@@ -16,7 +16,7 @@ import pytest
 
 from prime_jax import likelihood, objectives, schedules
 from prime_jax.subtokens import PrimeCode
-from test_sampling import exact_denoiser
+from sampling_helpers import exact_denoiser
 
 LINEAR = schedules.LogLinear(eps=0.0)
 
