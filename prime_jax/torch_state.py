@@ -2,19 +2,18 @@
 
 Both of torch.save's formats are read: the zip archive (torch >= 1.6: `<dir>/data.pkl` plus one
 record per storage under `<dir>/data/`) and the older sequential format (a magic number, the
-pickled object, then the raw storages). Unpickling never imports or runs anything the file names:
-torch's tensor rebuild functions, its storage types and plain containers are rebuilt; an object
-of any other class (an omegaconf DictConfig, a tokenizer, an argparse.Namespace, ...) becomes an
-inert `Opaque` placeholder that records the arguments and state it was pickled with. A global
-that could run code (os.system, builtins.eval, subprocess.*, ...) and a call of any function
-this reader does not know are refused, naming the global. Tensors come back as numpy arrays, or
+pickled object, then the raw storages). Unpickling never imports or runs anything the file
+names (the policy is `prime_jax.unpickling`): torch's tensor rebuild functions, its storage types
+and plain containers are rebuilt; an object of any other class (an omegaconf DictConfig, a
+tokenizer, an argparse.Namespace, ...) becomes an inert `Opaque` placeholder that records the
+arguments and state it was pickled with. A global that could run code (os.system, builtins.eval,
+subprocess.*, ...) and a call of any function the reader does not know are refused, naming the
+global. Tensors come back as numpy arrays, or
 with `lazy=True` as `Tensor`s whose data is read from the archive when asked for.
 """
 
 from __future__ import annotations
 
-import builtins
-import collections
 import io
 import os
 import pickle
@@ -24,6 +23,9 @@ import zipfile
 from typing import Any, BinaryIO, Callable, Mapping, Optional
 
 import numpy as np
+
+from prime_jax import unpickling
+from prime_jax.unpickling import Opaque  # pylint: disable=unused-import  (re-exported)
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
@@ -40,21 +42,6 @@ ACCEPTED = ("a torch.save file (zip archive, or the sequential format of torch <
             "tensors in (nested) dicts, lists or tuples")
 ZIP_MAGIC = b"PK\x03\x04"
 
-# Modules whose globals can run code, open files or processes, or reach the interpreter.
-DENIED_MODULES = frozenset((
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "pickle", "_pickle",
-    "marshal", "ctypes", "cffi", "socket", "runpy", "code", "codeop", "pty", "multiprocessing",
-    "threading", "_thread", "signal", "webbrowser", "pydoc", "io", "_io", "codecs", "tempfile",
-    "asyncio", "types", "inspect", "operator", "gc", "ast", "timeit", "pdb", "bdb", "trace",
-    "site", "sysconfig", "platform", "urllib", "http", "ftplib", "smtplib", "xmlrpc", "dill",
-    "cloudpickle", "joblib", "torch.hub", "torch.serialization", "torch._C", "torch.jit"))
-# Builtins that are plain data types; every other builtin (eval, exec, getattr, open,
-# __import__, ...) is refused.
-SAFE_BUILTINS = {name: getattr(builtins, name) for name in (
-    "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bool",
-    "slice", "range", "object")}
-TEXT_ENCODINGS = ("latin1", "latin-1", "utf-8", "utf8", "ascii")
-
 
 class TorchFileError(ValueError):
   """A file that is not a torch.save checkpoint this reader accepts."""
@@ -65,67 +52,6 @@ def _numpy_dtype(name: str) -> np.dtype:
     import ml_dtypes  # pylint: disable=g-import-not-at-top
     return np.dtype(ml_dtypes.bfloat16)
   return np.dtype(name)
-
-
-class Opaque:
-  """An object of a class this reader does not import: what it was pickled with, inert.
-
-  `args`/`kwargs` are the constructor arguments (REDUCE, NEWOBJ), `state` what BUILD gave,
-  `items`/`elements` what SETITEMS/APPENDS added. `module` and `name` name the class. Nothing
-  here calls anything it was given.
-  """
-
-  module = ""
-  name = ""
-
-  def __new__(cls, *args, **kwargs):
-    obj = object.__new__(cls)
-    obj.args, obj.kwargs, obj.state, obj.items, obj.elements = args, kwargs, None, {}, []
-    return obj
-
-  def __init__(self, *args, **kwargs):
-    del args, kwargs  # Recorded by __new__.
-
-  def __setstate__(self, state: Any) -> None:
-    self.state = state
-
-  def __setitem__(self, key: Any, value: Any) -> None:
-    self.items[key] = value
-
-  def append(self, value: Any) -> None:
-    self.elements.append(value)
-
-  def extend(self, values: Any) -> None:
-    self.elements.extend(list(values))
-
-  def __repr__(self) -> str:
-    return f"<{self.module}.{self.name} placeholder>"
-
-
-_PLACEHOLDERS: dict[tuple[str, str], type] = {}
-
-
-def placeholder_class(module: str, name: str) -> type:
-  """The (cached) `Opaque` subclass standing in for class `module.name`."""
-  key = (module, name)
-  if key not in _PLACEHOLDERS:
-    _PLACEHOLDERS[key] = type(str(name), (Opaque,), {"module": module, "name": name})
-  return _PLACEHOLDERS[key]
-
-
-class OpaqueFunction:
-  """A function this reader does not know: it may be referred to, never called."""
-
-  def __init__(self, module: str, name: str, path: str):
-    self.module, self.name, self._path = module, name, path
-
-  def __call__(self, *args, **kwargs):
-    raise TorchFileError(
-        f"{self._path}: refusing to call {self.module}.{self.name} while unpickling; a "
-        f"checkpoint that needs to run a function to be read is not accepted ({ACCEPTED})")
-
-  def __repr__(self) -> str:
-    return f"<{self.module}.{self.name}>"
 
 
 class _StorageType:
@@ -152,50 +78,17 @@ def _rebuild_parameter(data, unused_requires_grad, unused_hooks, *unused_state):
   return data
 
 
-def _plain_defaultdict(*unused_factory_and_items) -> dict:
-  """A defaultdict comes back as a plain (empty) dict: its factory is never called."""
-  return {}
-
-
-def _text_bytes(text: str = "", encoding: str = "latin1", *unused) -> bytes:
-  """bytes/bytearray as protocol 2 pickles them: (str, encoding) -> bytes; nothing else."""
-  if not isinstance(text, str) or encoding not in TEXT_ENCODINGS:
-    raise TorchFileError(f"refusing to build bytes from {type(text).__name__} with encoding "
-                         f"{encoding!r}")
-  return text.encode(encoding)
-
-
-def _reconstructor(cls, base, state=None):
-  """copyreg._reconstructor, for placeholder classes only."""
-  if not (isinstance(cls, type) and issubclass(cls, Opaque)) or base is not object:
-    raise TorchFileError(f"refusing copyreg._reconstructor of {cls!r} on {base!r}")
-  obj = cls.__new__(cls)
-  obj.state = state
-  return obj
-
-
 _REBUILDERS = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "defaultdict"): _plain_defaultdict,
-    ("_codecs", "encode"): _text_bytes,
-    ("copyreg", "_reconstructor"): _reconstructor,
-    ("copy_reg", "_reconstructor"): _reconstructor,
 }
 
 
-def _denied(module: str, name: str) -> bool:
-  if module in ("builtins", "__builtin__"):
-    return name not in SAFE_BUILTINS and name not in ("bytes", "bytearray")
-  return any(module == m or module.startswith(m + ".") for m in DENIED_MODULES)
-
-
 class _Unpickler(pickle.Unpickler):
-  """Resolves globals to rebuilders, plain types and placeholders; storages come from
-  `persistent_load`."""
+  """Resolves globals to torch's rebuilders and storage types, and otherwise as `unpickling`
+  allows; storages come from `persistent_load`."""
 
   def __init__(self, file: BinaryIO, path: str, load_storage: Callable[[tuple], Any]):
     super().__init__(file)
@@ -206,16 +99,10 @@ class _Unpickler(pickle.Unpickler):
       return _REBUILDERS[(module, name)]
     if module in ("torch", "torch.storage", "torch.cuda") and name in STORAGE_DTYPES:
       return _StorageType(name)
-    if _denied(module, name):
-      raise TorchFileError(
-          f"{self._path}: refusing to unpickle {module}.{name}; only tensors, storages, plain "
-          f"containers and inert stand-ins of other classes are read, and {module}.{name} "
-          f"could run code (expected {ACCEPTED})")
-    if module in ("builtins", "__builtin__"):
-      return _text_bytes if name in ("bytes", "bytearray") else SAFE_BUILTINS[name]
-    if name.rpartition(".")[2][:1].isupper():
-      return placeholder_class(module, name)
-    return OpaqueFunction(module, name, self._path)
+    try:
+      return unpickling.resolve_global(module, name)
+    except unpickling.RefusedPickle as e:
+      raise TorchFileError(f"{self._path}: {e} (expected {ACCEPTED})") from None
 
   def persistent_load(self, pid):
     if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -435,6 +322,8 @@ def load(path: str, lazy: bool = False) -> Any:
       return _load_zip(path, lazy)
     except TorchFileError:
       raise
+    except unpickling.RefusedPickle as e:
+      raise TorchFileError(f"{path}: {e} (expected {ACCEPTED})") from None
     except errors + (ValueError,) as e:
       raise TorchFileError(f"{path} could not be read as a torch.save zip archive "
                            f"({type(e).__name__}: {e}); it may be truncated or corrupted") from e
@@ -447,6 +336,8 @@ def load(path: str, lazy: bool = False) -> Any:
       return _load_legacy(path, f, lazy)
     except TorchFileError:
       raise
+    except unpickling.RefusedPickle as e:
+      raise TorchFileError(f"{path}: {e} (expected {ACCEPTED})") from None
     except errors + (ValueError,) as e:
       raise TorchFileError(f"{path} could not be read as a torch.save file ({e}); "
                            f"expected {ACCEPTED}") from e
@@ -479,30 +370,6 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   return state
 
 
-def describe(obj: Any, indent: str = "", limit: Optional[int] = 40) -> str:
-  """A short outline of a loaded checkpoint: keys, tensor shapes and placeholder classes."""
-  lines: list[str] = []
-
-  def walk(x, pad, name):
-    if limit is not None and len(lines) >= limit:
-      return
-    if isinstance(x, Mapping):
-      lines.append(f"{pad}{name}: {type(x).__name__} of {len(x)}")
-      for k, v in x.items():
-        walk(v, pad + "  ", repr(k))
-    elif isinstance(x, (np.ndarray, Tensor)):
-      lines.append(f"{pad}{name}: {x.dtype} {tuple(x.shape)}")
-    elif isinstance(x, (list, tuple)):
-      lines.append(f"{pad}{name}: {type(x).__name__} of {len(x)}")
-    else:
-      lines.append(f"{pad}{name}: {x!r}"[:120])
-  walk(obj, indent, "")
-  return "\n".join(lines)
-
-
 if __name__ == "__main__":
-  if len(sys.argv) > 2 and sys.argv[2] == "--outline":
-    print(describe(load(sys.argv[1], lazy=True), limit=None))
-  else:
-    for name, array in load_state_dict(sys.argv[1]).items():
-      print(f"{name}: {array.dtype} {array.shape}")
+  for name, array in load_state_dict(sys.argv[1]).items():
+    print(f"{name}: {array.dtype} {array.shape}")
