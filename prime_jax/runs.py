@@ -67,6 +67,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
          "weights": "ema" if e.use_ema else "raw", "num_time_samples": e.num_time_samples,
          "unit": unit, "objective_trained": run.task.objective, "ell": run.task.code.ell,
          "seconds": time.perf_counter() - start, **result}
+  if e.get("reference_perplexity"):  # A published figure for this checkpoint, echoed beside ours.
+    out["reference_perplexity"] = e.reference_perplexity
   if "joint_bits" in result:
     out["note"] = ("valid_* is an upper bound on the NLL (per-digit marginals); joint_* is the "
                    "paper's objective, which is not a bound for ℓ > 1")

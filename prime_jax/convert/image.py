@@ -107,9 +107,12 @@ def _code(state, layout, image_channels: int, args: Mapping[str, Any], path: str
   return vocab, ell, base, emb_features
 
 
-def read(obj: Any, path: str, weights: str, image_shape: tuple = (32, 32, 3)
-         ) -> reading.OfficialModel:
-  """The network of an image `.pth`, with its EMA (`weights='ema'`) or raw weights."""
+def read(obj: Any, path: str, weights: str, image_channels: int = 3) -> reading.OfficialModel:
+  """The network of an image `.pth`, with its EMA (`weights='ema'`) or raw weights.
+
+  Attention is recorded per level (`source['attn_levels']`); `attn_resolutions` in pixels needs
+  the image size, which the data config gives (`attn_resolutions`).
+  """
   reading.check_weights_choice(weights)
   wrapper = reading.require(obj, "model", path)
   state = reading.strip_prefix(wrapper, "model.", path)
@@ -117,20 +120,26 @@ def read(obj: Any, path: str, weights: str, image_shape: tuple = (32, 32, 3)
   args = args if isinstance(args, dict) else {}
   _check_film(state, path)
   layout = _layout(state, path)
-  vocab, ell, base, emb_features = _code(state, layout, image_shape[-1], args, path)
+  vocab, ell, base, emb_features = _code(state, layout, image_channels, args, path)
   if weights == "ema":
     shadow = sorted(((int(k.rsplit(".", 1)[1]), v) for k, v in wrapper.items()
                      if k.startswith("shadow_params.")), key=lambda kv: kv[0])
     state = reading.pair_shadow(state, [v for _, v in shadow], path, "shadow_params")
   updates = wrapper.get("num_updates")
   step = int(np.asarray(reading.torch_state.to_numpy(updates))) if updates is not None else 0
-  attn = tuple(image_shape[0] // 2**level for level in layout.pop("attn_levels"))
-  fields = dict(type="unet", emb_features=emb_features, attn_resolutions=attn,
-                time_conditioning=False, per_digit_tables=False, combine="concat", **layout)
+  attn_levels = layout.pop("attn_levels")
+  fields = dict(type="unet", emb_features=emb_features, time_conditioning=False,
+                per_digit_tables=False, combine="concat", **layout)
   return reading.OfficialModel(
       kind="image", path=path, vocab_size=vocab, ell=ell, base=base, step=step, weights=state,
       model_fields=fields, carry_over=args.get("carry_over"),
-      source={"epoch": obj.get("epoch"), "dataset": args.get("dataset")})
+      source={"epoch": obj.get("epoch"), "dataset": args.get("dataset"),
+              "attn_levels": attn_levels})
+
+
+def attn_resolutions(model: reading.OfficialModel, height: int) -> tuple[int, ...]:
+  """The feature-map sizes (pixels) of the levels with attention, for images `height` high."""
+  return tuple(height // 2**level for level in model.source["attn_levels"])
 
 
 def _conv(w: Mapping[str, Any], name: str, path: str, keep=None) -> dict:
