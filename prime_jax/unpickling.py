@@ -14,6 +14,7 @@ Nothing the file names is ever imported.
 
 from __future__ import annotations
 
+import _compat_pickle
 import builtins
 import collections
 from typing import Any
@@ -124,26 +125,33 @@ _ALLOWED = {
     ("collections", "defaultdict"): _plain_defaultdict,
     ("_codecs", "encode"): _text_bytes,
     ("copyreg", "_reconstructor"): _reconstructor,
-    ("copy_reg", "_reconstructor"): _reconstructor,
 }
 
 
 def is_denied(module: str, name: str) -> bool:
   """Whether `module.name` could run code (so a pickle naming it is refused outright)."""
-  if module in ("builtins", "__builtin__"):
+  if module == "builtins":
     return name not in SAFE_BUILTINS and name not in ("bytes", "bytearray")
   return any(module == m or module.startswith(m + ".") for m in DENIED_MODULES)
 
 
+def python3_name(module: str, name: str) -> tuple[str, str]:
+  """Protocol-2 pickles name globals as Python 2 did (__builtin__, commands, ...)."""
+  if (module, name) in _compat_pickle.NAME_MAPPING:
+    return _compat_pickle.NAME_MAPPING[(module, name)]
+  return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 def resolve_global(module: str, name: str) -> Any:
   """What GLOBAL/STACK_GLOBAL `module.name` becomes; raises RefusedPickle for denied ones."""
+  module, name = python3_name(module, name)
   if (module, name) in _ALLOWED:
     return _ALLOWED[(module, name)]
   if is_denied(module, name):
     raise RefusedPickle(
         f"refusing to unpickle {module}.{name}; only tensors, storages, plain containers and "
         f"inert stand-ins of other classes are read, and {module}.{name} could run code")
-  if module in ("builtins", "__builtin__"):
+  if module == "builtins":
     return _text_bytes if name in ("bytes", "bytearray") else SAFE_BUILTINS[name]
   if name.rpartition(".")[2][:1].isupper():
     return placeholder_class(module, name)

@@ -131,15 +131,17 @@ def write_workdir(model: reading.OfficialModel, config: ml_collections.ConfigDic
                   workdir: str, weights: str) -> dict[str, Any]:
   """Saves the converted state and configs in `workdir`; returns what was written."""
   _check_empty(workdir)
-  run = trainer.prepare(config)
+  # One device: no resharding work while saving; restores go onto any mesh.
+  single = ml_collections.ConfigDict(config.to_dict())
+  single.mesh.update(data=1, fsdp=1, tensor=1)
+  run = trainer.prepare(single, devices=jax.local_devices()[:1])
   params = network_params(model, config)
   _check_params(params, run, model.path)
   state = build_state(run, params, model.step)
   del params
   os.makedirs(workdir, exist_ok=True)
-  save_config = ml_collections.ConfigDict(config.to_dict())
-  save_config.train.async_checkpoint = False  # No snapshot copy of the state.
-  manager = checkpointing.make_manager(workdir, save_config)
+  single.train.async_checkpoint = False  # No snapshot copy of the state.
+  manager = checkpointing.make_manager(workdir, single)
   try:
     checkpointing.save(manager, model.step, state, force=True)
     manager.wait_until_finished()
