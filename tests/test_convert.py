@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,7 +98,8 @@ def test_the_workdir_restores_the_chosen_weights(tmp_path, monkeypatch):
   assert (summary["ell"], summary["base"], summary["step"]) == (2, 32, 12345)
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["model"]["d_model"] == 64 and saved["model"]["zero_time_conditioning"]
-  run = trainer.prepare(config_lib.load(os.path.join(workdir, "config.py")))
+  run = trainer.prepare(config_lib.load(os.path.join(workdir, "config.py")),
+                        devices=jax.devices()[:1])
   step, state = runs.restore(run, workdir)
   fx = np.load(npz)
   y = jnp.asarray(fx["y_t"].reshape(3, 16, 2))
@@ -107,6 +109,23 @@ def test_the_workdir_restores_the_chosen_weights(tmp_path, monkeypatch):
     assert step == 12345 and np.abs(np.asarray(logits) - ref).max() / np.abs(ref).max() < 1e-4
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
     official.convert(path, workdir, "raw", _embedded_config())
+
+
+def test_an_image_workdir_restores_the_unet_of_the_file(tmp_path):
+  path, _ = _paths("image_l2")
+  config = config_lib.load(os.path.join(ROOT, "configs", "official_cifar10.py") + ":ell=2")
+  config.model.head_dim = 16  # The fixture's num_head_channels (the released models: 64).
+  workdir = str(tmp_path / "c10")
+  official.convert(path, workdir, "ema", config)
+  saved = config_lib.load(os.path.join(workdir, "config.py"))
+  assert saved.model.attn_resolutions == [16] and saved.model.ch_mult == [3, 4]
+  assert not saved.model.input_conv and not saved.model.resample_conv
+  _, state = runs.restore(trainer.prepare(saved, devices=jax.devices()[:1]), workdir)
+  model = official.read(path, "ema")
+  want = official.network_params(model, official.configure(model, config))
+  got = jax.tree.map(np.asarray, state.ema_params)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
 
 
 def test_ell_vocabulary_and_base_mismatches_are_named(tmp_path, monkeypatch):

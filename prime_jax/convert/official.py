@@ -98,13 +98,15 @@ def network_params(model: reading.OfficialModel, config: ml_collections.ConfigDi
   return image.params(model, config.model.head_dim)
 
 
-def _check_params(params: dict, run: trainer.Run, path: str) -> None:
+def _checked(params: dict, run: trainer.Run, path: str) -> dict:
+  """`params`, once their names and shapes are those of the run's model."""
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   ours = {checkpointing.path_name(p): tuple(x.shape) for p, x in leaves}
   differences = workdir_lib.shape_differences(ours, workdir_lib.expected_param_shapes(run))
   if differences:
     raise OfficialFormatError(f"{path}: the converted parameters do not fit the configured "
                               "model:\n  " + "\n  ".join(differences))
+  return params
 
 
 def build_state(run: trainer.Run, params: dict, step: int) -> training.TrainState:
@@ -135,10 +137,8 @@ def write_workdir(model: reading.OfficialModel, config: ml_collections.ConfigDic
   single = ml_collections.ConfigDict(config.to_dict())
   single.mesh.update(data=1, fsdp=1, tensor=1)
   run = trainer.prepare(single, devices=jax.local_devices()[:1])
-  params = network_params(model, config)
-  _check_params(params, run, model.path)
-  state = build_state(run, params, model.step)
-  del params
+  # The host copy of the weights lives only until they are on the device.
+  state = build_state(run, _checked(network_params(model, config), run, model.path), model.step)
   os.makedirs(workdir, exist_ok=True)
   single.train.async_checkpoint = False  # No snapshot copy of the state.
   manager = checkpointing.make_manager(workdir, single)
