@@ -3,12 +3,12 @@
   python3 -m prime_jax.convert official --checkpoint=checkpoint-4249.pth --workdir=runs/c10_l2
   python3 -m prime_jax.main --config=configs/official_cifar10.py:ell=2 --workdir=runs/c10_l2 \
       --mode=sample
-Arguments: ell (1 for results_mdm_cifar10, 2, 3, 4, 8), carry_over (default: the README's). The network is their guided-diffusion
-U-Net (channels 96, multipliers [3, 4, 4], 5 residual blocks, attention at 16×16 with 64-wide
-heads, no input convolution, resampling without convolutions, a constant scale-shift FiLM, the
-96-wide pixel embedding fed to the first block). Sampling uses their README's best 512-step
-settings for the ℓ (temperature τ(s) = a·s^p + c, time warp, carry-over); their corrector takes
-three numbers and is left off.
+Arguments: ell (1 for results_mdm_cifar10, 2, 3, 4, 8), carry_over (default: the README's).
+The network is their guided-diffusion U-Net (channels 96, multipliers [3, 4, 4], 5 residual
+blocks, attention at 16×16 with 64-wide heads, no input convolution, resampling without
+convolutions, a constant scale-shift FiLM, the 96-wide pixel embedding fed to the first block).
+Sampling uses their README's best 512-step settings for the ℓ (temperature τ(s) = a·s^p + c,
+time warp, carry-over); their corrector takes three numbers and is left off.
 """
 
 import ml_collections

@@ -8,8 +8,8 @@ and plain containers are rebuilt; an object of any other class (an omegaconf Dic
 tokenizer, an argparse.Namespace, ...) becomes an inert `Opaque` placeholder that records the
 arguments and state it was pickled with. A global that could run code (os.system, builtins.eval,
 subprocess.*, ...) and a call of any function the reader does not know are refused, naming the
-global. Tensors come back as numpy arrays, or
-with `lazy=True` as `Tensor`s whose data is read from the archive when asked for.
+global. Tensors come back as numpy arrays, or with `lazy=True` as `Tensor`s whose data is read
+from the archive when asked for.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Optional
 import numpy as np
 
 from prime_jax import unpickling
-from prime_jax.unpickling import Opaque  # pylint: disable=unused-import  (re-exported)
+from prime_jax.unpickling import Opaque  # Also re-exported: the placeholders it returns.
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001

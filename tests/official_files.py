@@ -142,7 +142,8 @@ def dit_shapes(vocab: int, ell: int, base: int, d_model: int, layers: int, cond:
       ("sigma_map.mlp.2.bias", (cond,)), ("rotary_emb.inv_freq", None)])  # A buffer.
   for i in range(layers):
     p, hidden = f"blocks.{i}.", mlp_ratio * d_model
-    shapes.update([(p + "norm1.weight", (d_model,)), (p + "attn_qkv.weight", (3 * d_model, d_model)),
+    shapes.update([(p + "norm1.weight", (d_model,)),
+                   (p + "attn_qkv.weight", (3 * d_model, d_model)),
                    (p + "attn_out.weight", (d_model, d_model)), (p + "norm2.weight", (d_model,)),
                    (p + "mlp.0.weight", (hidden, d_model)), (p + "mlp.0.bias", (hidden,)),
                    (p + "mlp.2.weight", (d_model, hidden)), (p + "mlp.2.bias", (d_model,)),
@@ -177,10 +178,11 @@ def text_checkpoint(vocab: int, ell: int, base: int, d_model: int, layers: int, 
   zeros = lambda s: Spec(s, lambda: np.zeros(s, np.float32))
   optimizer_states = []
   if optimizer:
-    optimizer_states = [{"state": {i: {"step": 1000.0, "exp_avg": zeros(s), "exp_avg_sq": zeros(s)}
-                                   for i, (_, s) in enumerate(params)},
-                         "param_groups": [{"lr": 3e-4, "betas": (0.9, 0.999), "eps": 1e-8,
-                                           "weight_decay": 0.0, "params": list(range(len(params)))}]}]
+    adam = {i: {"step": 1000.0, "exp_avg": zeros(s), "exp_avg_sq": zeros(s)}
+            for i, (_, s) in enumerate(params)}
+    group = {"lr": 3e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+             "params": list(range(len(params)))}
+    optimizer_states = [{"state": adam, "param_groups": [group]}]
   config = {"backbone": "dit", "parameterization": "subs", "time_conditioning": False,
             "model": {"name": "small", "type": "ddit", "hidden_size": d_model, "cond_dim": cond,
                       "length": length, "n_blocks": layers, "n_heads": heads,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +78,33 @@ def test_converted_networks_give_the_official_logits(name, weights):
   assert np.abs(other - ref).max() / scale > 1e-2  # The two sets of weights really differ.
 
 
+def test_the_backbone_options_of_the_released_models():
+  """Checked without the image fixtures: the adaLN vector from the time MLP at t = 0, and a
+  U-Net without input or resampling convolutions."""
+  from prime_jax.models import PrimeUNet, layers  # pylint: disable=g-import-not-at-top
+  from prime_jax.subtokens import PrimeCode  # pylint: disable=g-import-not-at-top
+  cond = layers.Conditioning(8, zero_time=True)
+  variables = cond.init(jax.random.key(0), None, 2)
+  p = jax.tree.map(np.asarray, nn.meta.unbox(variables["params"]))
+  sinusoid = np.concatenate([np.ones(128), np.zeros(128)]).astype(np.float32)
+  silu = lambda x: x / (1 + np.exp(-x))
+  hidden = silu(sinusoid @ p["time_in"]["kernel"] + p["time_in"]["bias"])
+  want = silu(hidden @ p["time_out"]["kernel"] + p["time_out"]["bias"])
+  got = cond.apply(variables, jnp.full((2,), 0.7), 2)  # The time given is ignored.
+  np.testing.assert_allclose(np.asarray(got), np.broadcast_to(want, (2, 8)), rtol=1e-5)
+  unet = PrimeUNet(PrimeCode(256, 2), ch=32, ch_mult=(3, 4), num_res_blocks=1,
+                   attn_resolutions=(4,), head_dim=16, emb_features=32, dropout=0.0,
+                   input_conv=False, resample_conv=False)
+  y = jnp.zeros((1, 8, 8, 3, 2), jnp.int32)
+  params = jax.eval_shape(lambda: unet.init(jax.random.key(0), y, None, train=False))["params"]
+  names = set(params)
+  assert not names & {"conv_in", "down_0_downsample", "up_1_upsample"}
+  assert {"down_1_attn_0", "up_1_attn_1", "mid_attn"} <= names
+  with pytest.raises(ValueError, match=r"input_conv=False needs image_channels\*emb_features = "
+                                       r"3\*16 to equal ch\*ch_mult\[0\] = 96"):
+    PrimeUNet(PrimeCode(256, 2), ch=32, ch_mult=(3, 4), emb_features=16, input_conv=False)
+
+
 def _bytes_as_fixture_vocab(monkeypatch):
   """The byte tokenizer with the fixtures' C = 1000 (ids >= 256 simply never occur)."""
   original = tokenizers.get_tokenizer
@@ -133,8 +161,9 @@ def test_ell_vocabulary_and_base_mismatches_are_named(tmp_path, monkeypatch):
   with pytest.raises(OfficialFormatError, match=r"ℓ=2, but config.model.ell=3; use the config "
                                                 r"with :ell=2"):
     official.configure(model, _embedded_config(ell=3))
-  with pytest.raises(OfficialFormatError, match=r"C=1000 tokens, but the config's data "
-                                                r"\(shakespeare_bytes, tokenizer 'bytes'\) has C=256"):
+  with pytest.raises(OfficialFormatError, match=r"C=1000 tokens, but the config's data \("
+                                                r"shakespeare_bytes, tokenizer 'bytes'\) has "
+                                                r"C=256"):
     official.configure(model, _embedded_config())
   path = str(tmp_path / "c3125_l5.ckpt")  # ceil(3125 ** (1/5)) = 6 in floats; 5**5 = 3125.
   official_files.write(path, official_files.text_checkpoint(3125, 5, 6, 20, 1, 2, 8, length=8))
@@ -181,8 +210,10 @@ def _checkpoint_with(tmp_path, payload) -> str:
 @pytest.mark.parametrize("make, refused", [
     (lambda f: _Reduce(os.system, (f"touch {f}",)), r"refusing to unpickle (posix|os)\.system"),
     (lambda f: _Reduce(eval, (f"open({f!r}, 'w')",)), r"refusing to unpickle builtins\.eval"),
-    (lambda f: _Reduce(subprocess.call, (["touch", f],)), r"refusing to unpickle subprocess\.call"),
-    (lambda f: _Reduce(getattr, (_Reduce(__import__, ("os",)), "system")), r"refusing to unpickle builtins\.getattr"),
+    (lambda f: _Reduce(subprocess.call, (["touch", f],)),
+     r"refusing to unpickle subprocess\.call"),
+    (lambda f: _Reduce(getattr, (_Reduce(__import__, ("os",)), "system")),
+     r"refusing to unpickle builtins\.getattr"),
     (lambda f: _Reduce(_touch, (f,)), r"refusing to call test_convert\._touch while unpickling"),
 ])
 def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, make, refused):

@@ -25,7 +25,7 @@ from prime_jax.convert.reading import OfficialFormatError
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "configs")
 DEFAULT_CONFIGS = {"text": "official_owt.py", "image": "official_cifar10.py"}
-CONFIG_PY = '''"""The config of the converted checkpoint beside this file: its config.json, unchanged."""
+CONFIG_PY = '''"""The config of the converted checkpoint beside this file: its config.json."""
 
 import json
 import os

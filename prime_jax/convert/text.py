@@ -34,9 +34,10 @@ def _shapes(state: Mapping[str, Any], path: str) -> dict[str, int]:
   layers = 0
   while f"blocks.{layers}.norm1.weight" in state:
     layers += 1
-  if state["sigma_map.mlp.0.weight"].shape[1] != FREQUENCY_DIM:
-    raise OfficialFormatError(f"{path}: the time MLP takes {state['sigma_map.mlp.0.weight'].shape[1]}"
-                              f" sinusoidal features; this project's takes {FREQUENCY_DIM}")
+  frequencies = int(state["sigma_map.mlp.0.weight"].shape[1])
+  if frequencies != FREQUENCY_DIM:
+    raise OfficialFormatError(f"{path}: the time MLP takes {frequencies} sinusoidal features; "
+                              f"this project's takes {FREQUENCY_DIM}")
   return dict(d_model=d_model, ell=d_model // width, rows=rows, layers=layers,
               outputs=int(state["output_layer.linear.weight"].shape[0]),
               cond_dim=int(state["blocks.0.adaLN_modulation.weight"].shape[1]),

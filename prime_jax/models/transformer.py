@@ -96,8 +96,9 @@ class PrimeTransformer(nn.Module):
 
   Without `time_conditioning` the adaLN conditioning is a learned constant and `t_B` is ignored
   (the paper's setting); `zero_time_conditioning` makes that constant the time MLP at t = 0
-  (the released checkpoints' parameterisation). `remat` rematerialises each block; `scan_layers` stacks the blocks'
-  parameters on a leading 'layers' axis and runs them with `nn.scan`. `attention_impl`:
+  (the released checkpoints' parameterisation). `remat` rematerialises each block;
+  `scan_layers` stacks the blocks' parameters on a leading 'layers' axis and runs them with
+  `nn.scan`. `attention_impl`:
   'auto' (fused cuDNN attention on GPUs with bfloat16/float16 `dtype`, XLA elsewhere), 'xla'
   or 'cudnn'.
   """
