@@ -99,6 +99,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
          "weights": "ema" if e.use_ema else "raw",
          "objective_trained": exp.task.loss.objective.name, "ell": exp.code.ell,
          "seconds": time.perf_counter() - start, **result}
+  if e.get("reference_perplexity"):  # A published figure for this checkpoint, echoed beside ours.
+    out["reference_perplexity"] = e.reference_perplexity
   if "joint_bits" in result:
     out["note"] = BOUND_NOTE
   path = writers.write_json(

@@ -68,13 +68,17 @@ def build_model(config: ml_collections.ConfigDict, code: PrimeCode,
                        f"examples of shape {example_shape}; use model.type='unet' for images")
     return PrimeTransformer(code, d_model=m.d_model, num_layers=m.num_layers,
                             num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, cond_dim=m.cond_dim,
-                            causal=m.causal, remat=m.remat, scan_layers=m.scan_layers, **common)
+                            causal=m.causal, remat=m.remat, scan_layers=m.scan_layers,
+                            zero_time_conditioning=m.get("zero_time_conditioning", False),
+                            **common)
   if len(example_shape) != 3:
     raise ValueError(f"config.model.type='unet' needs images (H, W, Ch), but the data gives "
                      f"examples of shape {example_shape}; use model.type='transformer' for text")
   return PrimeUNet(code, image_channels=example_shape[-1], ch=m.ch, ch_mult=tuple(m.ch_mult),
                    num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-                   head_dim=m.head_dim, emb_features=m.emb_features or None, **common)
+                   head_dim=m.head_dim, emb_features=m.emb_features or None,
+                   input_conv=m.get("input_conv", True),
+                   resample_conv=m.get("resample_conv", True), **common)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

@@ -163,21 +163,26 @@ class Conditioning(nn.Module):
 
   Without time conditioning c is one learned constant (t is ignored); with it,
   c = SiLU(MLP(sinusoid(t))). The constant is initialised with unit normal entries so the
-  zero-initialised modulation layers receive gradient from the first step.
+  zero-initialised modulation layers receive gradient from the first step. `zero_time` (only
+  without time conditioning) computes the constant as the time MLP at t = 0 instead, as
+  MDLM's code does when it feeds σ = 0.
   """
 
   cond_dim: int
   time_conditioning: bool = False
   frequency_dim: int = 256
+  zero_time: bool = False
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, t_B: Optional[Array], batch_size: int) -> Array:
-    if not self.time_conditioning:
+    if not self.time_conditioning and not self.zero_time:
       c_C = self.param("constant", logical(nn.initializers.normal(1.0), ("cond",)),
                        (self.cond_dim,), self.param_dtype)
       return jnp.broadcast_to(c_C.astype(jnp.float32), (batch_size, self.cond_dim))
-    if t_B is None:
+    if not self.time_conditioning:
+      t_B = jnp.zeros((batch_size,), jnp.float32)
+    elif t_B is None:
       raise ValueError("time_conditioning=True but no time t_B was given")
     t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (batch_size,))
     h = timestep_embedding(t_B, self.frequency_dim)

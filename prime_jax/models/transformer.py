@@ -101,8 +101,10 @@ class PrimeTransformer(nn.Module):
   """MDLM-style DiT on Prime sub-tokens: (B, L, ℓ) ints in {0..b} -> (B, L, C) token logits.
 
   Without `time_conditioning` the adaLN conditioning is a learned constant and `t_B` is ignored
-  (the paper's setting). `remat` rematerialises each block; `scan_layers` stacks the blocks'
-  parameters on a leading 'layers' axis and runs them with `nn.scan`. `attention_impl`:
+  (the paper's setting); `zero_time_conditioning` makes that constant the time MLP at t = 0
+  (the released checkpoints' parameterisation). `remat` rematerialises each block;
+  `scan_layers` stacks the blocks' parameters on a leading 'layers' axis and runs them with
+  `nn.scan`. `attention_impl`:
   'auto' (fused cuDNN attention on GPUs with bfloat16/float16 `dtype`, XLA elsewhere), 'xla'
   or 'cudnn'.
   """
@@ -115,6 +117,7 @@ class PrimeTransformer(nn.Module):
   dropout: float = 0.1
   cond_dim: int = 128
   time_conditioning: bool = False
+  zero_time_conditioning: bool = False
   causal: bool = False
   per_digit_tables: bool = False
   combine: str = "concat"
@@ -160,7 +163,8 @@ class PrimeTransformer(nn.Module):
                            combine=self.combine, dtype=jnp.float32,
                            param_dtype=self.param_dtype, name="embed")(y_BLl)
     x_BLD = constrain(x_BLD, ACTIVATION_AXES)
-    c_BC = Conditioning(self.cond_dim, self.time_conditioning, param_dtype=self.param_dtype,
+    c_BC = Conditioning(self.cond_dim, self.time_conditioning,
+                        zero_time=self.zero_time_conditioning, param_dtype=self.param_dtype,
                         name="cond")(t_B, batch)
 
     block_kw = dict(d_model=self.d_model, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,

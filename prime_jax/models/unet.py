@@ -158,7 +158,10 @@ class PrimeUNet(nn.Module):
   K = image_channels. `attn_resolutions` are feature-map sizes (in pixels) that get
   self-attention; the middle block always has it. `emb_features` is the embedding width per
   pixel channel (default ch // K rounded down to a multiple of ℓ). t_B is ignored unless
-  `time_conditioning`. `attention_impl` as in `PrimeTransformer`.
+  `time_conditioning`. `attention_impl` as in `PrimeTransformer`. `input_conv=False` feeds the
+  embedding to the first block as it is (it must then be ch·ch_mult[0] wide);
+  `resample_conv=False` resamples without convolutions (2×2 average pooling down, nearest
+  neighbours up), as the released image checkpoints do.
   """
 
   code: PrimeCode
@@ -174,6 +177,8 @@ class PrimeUNet(nn.Module):
   per_digit_tables: bool = False
   combine: str = "concat"
   norm_groups: int = 32
+  input_conv: bool = True
+  resample_conv: bool = True
   attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -197,6 +202,11 @@ class PrimeUNet(nn.Module):
       raise ValueError(f"{name}: dropout must be in [0, 1), got {self.dropout!r}")
     check_embedding_config(self.code, self.embedding_features, self.per_digit_tables,
                            self.combine, owner=name, features_field="emb_features")
+    first = self.ch * self.ch_mult[0]
+    if not self.input_conv and self.image_channels * self.embedding_features != first:
+      raise ValueError(f"{name}: input_conv=False needs image_channels*emb_features = "
+                       f"{self.image_channels}*{self.embedding_features} to equal "
+                       f"ch*ch_mult[0] = {first}")
     check_attention_impl(self.attention_impl, name)
     super().__post_init__()
 
@@ -246,7 +256,8 @@ class PrimeUNet(nn.Module):
     c_BC = Conditioning(self.cond_dim, self.time_conditioning, param_dtype=self.param_dtype,
                         name="cond")(t_B, b)
 
-    h = _conv(self.ch * self.ch_mult[0], 3, name="conv_in", **kw)(h)
+    if self.input_conv:
+      h = _conv(self.ch * self.ch_mult[0], 3, name="conv_in", **kw)(h)
     skips = [h]
     for level, m in enumerate(self.ch_mult):
       res = height // 2**level
@@ -257,7 +268,10 @@ class PrimeUNet(nn.Module):
         h = constrain(h, ACTIVATION_AXES)
         skips.append(h)
       if level != len(self.ch_mult) - 1:
-        h = _conv(h.shape[-1], 3, stride=2, name=f"down_{level}_downsample", **kw)(h)
+        if self.resample_conv:
+          h = _conv(h.shape[-1], 3, stride=2, name=f"down_{level}_downsample", **kw)(h)
+        else:
+          h = nn.avg_pool(h, (2, 2), strides=(2, 2))
         skips.append(h)
 
     h = ResBlock(h.shape[-1], name="mid_res_0", **res_kw)(h, c_BC)
@@ -274,7 +288,8 @@ class PrimeUNet(nn.Module):
         h = constrain(h, ACTIVATION_AXES)
       if level:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = _conv(h.shape[-1], 3, name=f"up_{level}_upsample", **kw)(h)
+        if self.resample_conv:
+          h = _conv(h.shape[-1], 3, name=f"up_{level}_upsample", **kw)(h)
 
     h = nn.silu(GroupNorm(self.norm_groups, self.param_dtype, name="norm_out")(h))
     logits = _conv(k * self.code.vocab_size, 3, zero=True, name="conv_out", **kw)(h)
