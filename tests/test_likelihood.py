@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from prime_jax import likelihood, objectives, schedules
+from prime_jax.quality import frechet
+from prime_jax.quality import text as quality_text
 from prime_jax.subtokens import PrimeCode
 from sampling_helpers import exact_denoiser
 
@@ -193,33 +195,31 @@ def test_eval_step_for_training_and_bad_input():
 
 
 def test_generative_perplexity_and_unigram_entropy():
-  from prime_jax import sample_quality
   tokens = np.random.default_rng(0).integers(0, 50, (10, 9))
   uniform = lambda t: np.full(t.shape, -math.log(50.0))
-  out = sample_quality.generative_perplexity(uniform, tokens, batch_size=3)
+  out = quality_text.generative_perplexity(uniform, tokens, batch_size=3)
   assert out["gen_ppl"] == pytest.approx(50.0) and out["num_tokens"] == 80
-  assert sample_quality.unigram_entropy(np.arange(16).reshape(2, 8)) == pytest.approx(math.log(8))
-  assert sample_quality.unigram_entropy(np.zeros((3, 5), int)) == 0.0
-  assert sample_quality.unigram_entropy([[0, 0, 1, 1]]) == pytest.approx(math.log(2))
+  assert quality_text.unigram_entropy(np.arange(16).reshape(2, 8)) == pytest.approx(math.log(8))
+  assert quality_text.unigram_entropy(np.zeros((3, 5), int)) == 0.0
+  assert quality_text.unigram_entropy([[0, 0, 1, 1]]) == pytest.approx(math.log(2))
 
 
 def test_frechet_distance_closed_forms():
-  from prime_jax import sample_quality
   rng = np.random.default_rng(0)
   a = rng.normal(size=(6, 6))
   sigma = a @ a.T + 0.1 * np.eye(6)
   mu = rng.normal(size=6)
-  assert sample_quality.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
+  assert frechet.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
   d1, d2 = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 6)
   expected = 4.0 + (d1 + d2 - 2 * np.sqrt(d1 * d2)).sum()
   shifted = np.zeros(6)
   shifted[0] = 2.0
-  got = sample_quality.frechet_distance(np.zeros(6), np.diag(d1), shifted, np.diag(d2))
+  got = frechet.frechet_distance(np.zeros(6), np.diag(d1), shifted, np.diag(d2))
   assert got == pytest.approx(expected)
   # Commuting case with full matrices: Σ2 = Σ1², so tr((Σ1Σ2)^½) = tr(Σ1^{3/2}).
   eig = np.linalg.eigvalsh(sigma)
   expected = (eig + eig**2 - 2 * eig**1.5).sum()
-  assert sample_quality.frechet_distance(mu, sigma, mu, sigma @ sigma) == pytest.approx(expected)
+  assert frechet.frechet_distance(mu, sigma, mu, sigma @ sigma) == pytest.approx(expected)
   feats = rng.normal(size=(500, 3))
-  m, s = sample_quality.feature_statistics(feats)
+  m, s = frechet.feature_statistics(feats)
   np.testing.assert_allclose(s, np.cov(feats.T))
