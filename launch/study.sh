@@ -137,4 +137,4 @@ for name in $RUNS; do
 done
 
 echo "{\"seconds\": $(echo "$(date +%s.%N) - $STUDY_START" | bc)}" > "$OUT/wall.json"
-"$PY" -m prime_jax.study --study_dir="$OUT" --report_dir="$REPORT_DIR"
+"$PY" -m tools.study --study_dir="$OUT" --report_dir="$REPORT_DIR"

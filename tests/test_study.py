@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from prime_jax import study
+from tools import study
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

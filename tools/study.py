@@ -1,6 +1,6 @@
 """Collects the runs of `launch/study.sh` into one results file and renders the report.
 
-  python -m prime_jax.study --study_dir=runs/study_small --report_dir=docs
+  python -m tools.study --study_dir=runs/study_small --report_dir=docs
 writes STUDY_DIR/results.json, a copy at REPORT_DIR/study/results_SIZE.json, REPORT_DIR/results.md
 (tables that name that copy) and PNG plots under REPORT_DIR/study/, drawn with Pillow.
 """
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import Any, Optional
 
-from prime_jax import config_lib
+from prime_jax import config as config_lib, sampling, schedules
 
 
 TEXT_UNIT, IMAGE_UNIT = "bits/byte", "bits/pixel"
@@ -51,7 +51,6 @@ def _param_count(log_path: str) -> Optional[int]:
 def expected_idle(config, summary: dict[str, Any]) -> dict[str, float]:
   """The formula's idle steps for a sample summary: Σ_k (1 - (α_s - α_t))^{ℓL} over its T + 1
   steps (the last one fills every remaining mask), and the paper's e^{-ℓ}-style (1 - 1/L)^{ℓL}."""
-  from prime_jax import sampling, schedules  # pylint: disable=g-import-not-at-top
   settings = dict(summary["settings"])
   sconf = sampling.SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                     for k, v in settings.items()})
@@ -475,7 +474,7 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
       "",
       f"Results file: `{results_path}` (size `{results['size']}`, collected at commit "
       f"`{results['commit']}`). Every number below is read from it; it was written by "
-      "`launch/study.sh` through `python -m prime_jax.study`.",
+      "`launch/study.sh` through `python -m tools.study`.",
       "",
       "Prime (ℓ > 1) against an ordinary masked diffusion model (MDM, ℓ = 1) and a causal "
       "(autoregressive) baseline, with every likelihood measured by the **valid bound** "
@@ -679,7 +678,7 @@ def _display_path(path: str) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """CLI: --study_dir (what launch/study.sh wrote) and --report_dir (results.md and plots)."""
-  parser = argparse.ArgumentParser(prog="python -m prime_jax.study", description=__doc__)
+  parser = argparse.ArgumentParser(prog="python -m tools.study", description=__doc__)
   parser.add_argument("--study_dir", required=True)
   parser.add_argument("--report_dir", required=True)
   args = parser.parse_args(argv)
