@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
       # > 0: train through `fused_head` in chunks of this many token values, never forming the
       # (B, L, C) logits (transformer only); 0 forms them.
       fused_head_chunk=0,
+      # The released checkpoints' parameterisation (prime_jax.convert); off for this project's
+      # own models: adaLN constant from the time MLP at t = 0; U-Net without input conv and
+      # with conv-free resampling.
+      zero_time_conditioning=False, input_conv=True, resample_conv=True,
       # U-Net only.
       ch=96, ch_mult=(3, 4, 4), num_res_blocks=5, attn_resolutions=(16,), head_dim=64,
       emb_features=0))
