@@ -1,6 +1,7 @@
-"""FID: the torch.save reader, the Flax FID Inception against pytorch-fid's own features, and FID
-in sample_quality. The fixtures in tests/data come from tests/data/make_inception_fixtures.py
-(run once with torch and pytorch-fid); these tests need neither."""
+"""FID: the torch.save reader, the Flax FID Inception against pytorch-fid's own features, FID in
+prime_jax.quality and in --mode=sample. The fixtures in tests/data come from
+tests/data/make_inception_fixtures.py (run once with torch and pytorch-fid); these tests need
+neither."""
 
 import json
 import os
@@ -15,6 +16,8 @@ import torch_files
 from prime_jax import config_lib, data, runs, sample_quality, torch_state
 from prime_jax.data import embedded, images
 from prime_jax.models import inception
+from prime_jax.quality import fid, frechet
+from prime_jax.quality.__main__ import main
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -149,7 +152,7 @@ def test_features_match_pytorch_fid(fixture, weights_path):
   Measured: max |difference| 3e-5 for features up to 42 (7e-7 of the largest).
   """
   want = fixture["features"]
-  got = sample_quality.inception_features(weights_path, fixture["images"], batch_size=2)
+  got = fid.inception_features(weights_path, fixture["images"], batch_size=2)
   assert got.shape == (3, 2048) and got.dtype == np.float32
   scale = np.abs(want).max()
   print(f"max |flax - torch| {np.abs(got - want).max():.3g}, largest feature {scale:.3g}")
@@ -157,17 +160,17 @@ def test_features_match_pytorch_fid(fixture, weights_path):
   # Grey images are the same image in all three channels.
   grey = fixture["images"][:2, :, :, :1]
   np.testing.assert_array_equal(
-      sample_quality.inception_features(weights_path, grey, batch_size=2),
-      sample_quality.inception_features(weights_path, np.repeat(grey, 3, -1), batch_size=2))
+      fid.inception_features(weights_path, grey, batch_size=2),
+      fid.inception_features(weights_path, np.repeat(grey, 3, -1), batch_size=2))
 
 
 # --- FID. ----------------------------------------------------------------------------------------
 
 def test_frechet_distance_of_identical_statistics_is_zero():
   features = np.random.default_rng(0).normal(size=(1000, 256)) ** 2  # Full-rank covariance.
-  mu, sigma = sample_quality.feature_statistics(features)
-  assert abs(sample_quality.frechet_distance(mu, sigma, mu, sigma)) < 1e-9 * np.trace(sigma)
-  shifted = sample_quality.frechet_distance(mu + 0.5, sigma, mu, sigma)
+  mu, sigma = frechet.feature_statistics(features)
+  assert abs(frechet.frechet_distance(mu, sigma, mu, sigma)) < 1e-9 * np.trace(sigma)
+  shifted = frechet.frechet_distance(mu + 0.5, sigma, mu, sigma)
   assert shifted == pytest.approx(0.25 * 256, rel=1e-6)
 
 
@@ -194,7 +197,7 @@ def test_fid_in_sample_mode_against_the_dataset(weights_path):
   assert len(cached) == 1 and cached[0].endswith(".npz")
   q = measure(_test_tokens())
   cache = os.path.join(os.path.dirname(weights_path), cached[0])
-  mu, sigma = sample_quality.load_fid_statistics(cache)
+  mu, sigma = fid.load_fid_statistics(cache)
   assert abs(q["fid"]) < 1e-9 * np.trace(sigma)
   assert q["fid_num_samples"] == 4
   assert q["fid_reference"] == "fashion_mnist_local validation split (4 images) at 16 levels"
@@ -204,17 +207,17 @@ def test_fid_in_sample_mode_against_the_dataset(weights_path):
 
 def test_fid_command_with_a_pytorch_fid_npz(weights_path, tmp_path, capsys):
   config, run = _fashion()
-  ref = sample_quality.inception_reference_statistics(weights_path, config.data, "validation", 4)
+  ref = fid.inception_reference_statistics(weights_path, config.data, "validation", 4)
   np.savez(tmp_path / "ref.npz", mu=ref[0], sigma=ref[1])
   np.save(tmp_path / "tokens.npy", np.full_like(_test_tokens(), 7))  # Flat grey images.
   args = ["fid", "--samples", str(tmp_path / "tokens.npy"), "--weights", weights_path,
           "--levels", "16"]
-  assert sample_quality.main(args + ["--reference", str(tmp_path / "ref.npz")]) == 0
+  assert main(args + ["--reference", str(tmp_path / "ref.npz")]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["fid"] > 1e-3 * np.trace(ref[1]) and out["fid_num_samples"] == 4
   np.save(tmp_path / "tokens.npy", _test_tokens()[::-1])  # The same images, in another order.
-  assert sample_quality.main(args + ["--dataset", "fashion_mnist_local", "--split",
-                                     "validation", "--reference_examples", "4"]) == 0
+  assert main(args + ["--dataset", "fashion_mnist_local", "--split",
+                      "validation", "--reference_examples", "4"]) == 0
   out = json.loads(capsys.readouterr().out)
   assert abs(out["fid"]) < 1e-9 * np.trace(ref[1])
   assert out["fid_reference"] == "fashion_mnist_local validation split (4 images) at 16 levels"
