@@ -127,7 +127,7 @@ for name in $RUNS; do
       study_run "$name" "configs/shakespeare.py:ell=$ell,objective=$obj" text ;;
     image_mdm|image_l[0-9]*)
       if [ ! -f "$CLASSIFIER" ]; then
-        run classifier train "$PY" -m prime_jax.sample_quality train-classifier \
+        run classifier train "$PY" -m prime_jax.quality train-classifier \
           "--out=$CLASSIFIER" "--steps=$CLS_STEPS"
       fi
       if [ "$name" = image_mdm ]; then study_run "$name" configs/fashion_mnist.py:baseline=mdm image
