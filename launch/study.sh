@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The partial-masking study: every run trained, evaluated and sampled through the project's CLI
 # under one budget (same steps, batch and model width for every run of a dataset), then
-# collected into OUT/results.json and rendered to REPORT_DIR/results.md with PNG plots.
+# collected into OUT/results.json and rendered to REPORT_DIR/results.md with PNG plots
+# (python3 -m tools.study; the plots need matplotlib, from requirements-test.txt).
 #   SIZE=small bash launch/study.sh      # the documented size (docs/results.md), 2 CPU cores
 #   SIZE=tiny OUT=/tmp/s bash launch/study.sh   # a few steps per run, for the test
 # Env: SIZE (tiny|small|medium), OUT (study folder), REPORT_DIR (where results.md goes; docs/
@@ -137,4 +138,4 @@ for name in $RUNS; do
 done
 
 echo "{\"seconds\": $(echo "$(date +%s.%N) - $STUDY_START" | bc)}" > "$OUT/wall.json"
-"$PY" -m prime_jax.study --study_dir="$OUT" --report_dir="$REPORT_DIR"
+"$PY" -m tools.study --study_dir="$OUT" --report_dir="$REPORT_DIR"
