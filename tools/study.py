@@ -134,7 +134,8 @@ def _hardware() -> dict[str, Any]:
       names = re.findall(r"model name\s*:\s*(.*)", f.read())
     cpu = names[0].strip() if names else cpu
   return {"nproc": os.cpu_count(), "cpu_model": cpu, "platform": jax.default_backend(),
-          "devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version()}
+          "devices": jax.device_count(), "jax": jax.__version__,
+          "python": platform.python_version()}
 
 
 def collect(study_dir: str) -> dict[str, Any]:

@@ -84,7 +84,8 @@ def _bound_series(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _idle_series(text: list[dict[str, Any]], image: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Measured (solid) and formula (dashed) idle-step fractions against ℓ."""
   series = []
-  groups = (("text, trained joint", [r for r in text if r["objective"] != "valid" or r["ell"] == 1]),
+  groups = (("text, trained joint",
+             [r for r in text if r["objective"] != "valid" or r["ell"] == 1]),
             ("text, trained valid", [r for r in text if r["objective"] == "valid"]),
             ("images", image))
   for i, (name, group) in enumerate(groups):

@@ -177,8 +177,8 @@ def _bound_findings(runs: dict[str, Any]) -> list[str]:
                  "higher (worse) than" if diff > 2 * se else "within 2 s.e. of")
       gap = e["valid_bits"] - e["joint_bits"]
       out.append(f"* {kind}, {label(r)}: valid bound {e['valid_bits']:.3f} {unit}, "
-                 f"{verdict} MDM ({base['valid_bits']:.3f}; difference {diff:+.3f} ± {se:.3f}, s.e. "
-                 "combined as if independent); "
+                 f"{verdict} MDM ({base['valid_bits']:.3f}; difference {diff:+.3f} ± "
+                 f"{se:.3f}, s.e. combined as if independent); "
                  f"joint objective minus its valid bound: {-gap:+.3f} {unit}.")
   return out
 
