@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The partial-masking study: every run trained, evaluated and sampled through the project's CLI
 # under one budget (same steps, batch and model width for every run of a dataset), then
-# collected into OUT/results.json and rendered to REPORT_DIR/results.md with PNG plots.
+# collected into OUT/results.json and rendered to REPORT_DIR/results.md with PNG plots
+# (python3 -m tools.study; the plots need matplotlib, from requirements-test.txt).
 #   SIZE=small bash launch/study.sh      # the documented size (docs/results.md), 2 CPU cores
 #   SIZE=tiny OUT=/tmp/s bash launch/study.sh   # a few steps per run, for the test
 # Env: SIZE (tiny|small|medium), OUT (study folder), REPORT_DIR (where results.md goes; docs/
@@ -127,7 +128,7 @@ for name in $RUNS; do
       study_run "$name" "configs/shakespeare.py:ell=$ell,objective=$obj" text ;;
     image_mdm|image_l[0-9]*)
       if [ ! -f "$CLASSIFIER" ]; then
-        run classifier train "$PY" -m prime_jax.sample_quality train-classifier \
+        run classifier train "$PY" -m prime_jax.quality train-classifier \
           "--out=$CLASSIFIER" "--steps=$CLS_STEPS"
       fi
       if [ "$name" = image_mdm ]; then study_run "$name" configs/fashion_mnist.py:baseline=mdm image

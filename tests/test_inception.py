@@ -1,6 +1,7 @@
-"""FID: the torch.save reader, the Flax FID Inception against pytorch-fid's own features, and FID
-in sample_quality. The fixtures in tests/data come from tests/data/make_inception_fixtures.py
-(run once with torch and pytorch-fid); these tests need neither."""
+"""FID: the torch.save reader, the Flax FID Inception against pytorch-fid's own features, FID in
+prime_jax.quality and in --mode=sample. The fixtures in tests/data come from
+tests/data/make_inception_fixtures.py (run once with torch and pytorch-fid); these tests need
+neither."""
 
 import json
 import os
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 
 import torch_files
-from prime_jax import config as config_lib, data, sample, sample_quality, torch_state
+from prime_jax import config as config_lib, data, experiment, sample, sample_quality, torch_state
 from prime_jax.data import embedded, images
 from prime_jax.models import inception
-from prime_jax.quality import fid
-from prime_jax.quality import frechet
+from prime_jax.quality import fid, frechet
+from prime_jax.quality.__main__ import main
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -211,12 +212,12 @@ def test_fid_command_with_a_pytorch_fid_npz(weights_path, tmp_path, capsys):
   np.save(tmp_path / "tokens.npy", np.full_like(_test_tokens(), 7))  # Flat grey images.
   args = ["fid", "--samples", str(tmp_path / "tokens.npy"), "--weights", weights_path,
           "--levels", "16"]
-  assert sample_quality.main(args + ["--reference", str(tmp_path / "ref.npz")]) == 0
+  assert main(args + ["--reference", str(tmp_path / "ref.npz")]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["fid"] > 1e-3 * np.trace(ref[1]) and out["fid_num_samples"] == 4
   np.save(tmp_path / "tokens.npy", _test_tokens()[::-1])  # The same images, in another order.
-  assert sample_quality.main(args + ["--dataset", "fashion_mnist_local", "--split",
-                                     "validation", "--reference_examples", "4"]) == 0
+  assert main(args + ["--dataset", "fashion_mnist_local", "--split",
+                      "validation", "--reference_examples", "4"]) == 0
   out = json.loads(capsys.readouterr().out)
   assert abs(out["fid"]) < 1e-9 * np.trace(ref[1])
   assert out["fid_reference"] == "fashion_mnist_local validation split (4 images) at 16 levels"

@@ -1,5 +1,5 @@
-"""Sample quality: generative perplexity under a trained causal baseline, and the Fashion-MNIST
-classifier's Fréchet distance."""
+"""Sample quality in --mode=sample: generative perplexity under a trained causal baseline, and
+the Fashion-MNIST classifier's Fréchet distance. The parts that need no run: test_quality.py."""
 
 import json
 import math
@@ -10,9 +10,8 @@ import pytest
 
 import tiny
 from prime_jax import config as config_lib, data, evaluate, experiment, sample, sample_quality, train
-from prime_jax.quality import fashion_mnist
-from prime_jax.quality import frechet
-from prime_jax.quality import text as quality_text
+from prime_jax.data import embedded, images
+from prime_jax.quality import fashion_mnist, text
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,7 @@ def test_scorer_nll_equals_the_ar_eval_nll(ar_workdir):
                             num_epochs=1, drop_remainder=True)
   it = iter(loader)
   tokens = np.concatenate([next(it)["tokens"] for _ in range(2)])
-  got = quality_text.generative_perplexity(scorer.log_prob_fn, tokens, batch_size=5,
-                                             skip_first=False)
+  got = text.generative_perplexity(scorer.log_prob_fn, tokens, batch_size=5, skip_first=False)
   assert got["num_tokens"] == ev["num_tokens"] == 16 * 32
   assert got["nats_per_token"] == pytest.approx(ev["nll_nats"], rel=1e-5)
   assert got["gen_ppl"] == pytest.approx(ev["nll_perplexity"], rel=1e-5)
@@ -89,35 +87,6 @@ def test_scorer_must_be_the_causal_baseline(tmp_path):
     sample_quality.load_scorer(str(tmp_path / "nothing"))
 
 
-@pytest.fixture(scope="module")
-def classifier_path(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("clf") / "fmnist.msgpack")
-  result = fashion_mnist.train_classifier(path, steps=150, batch_size=64, train_examples=6000,
-                                           eval_examples=1000, features=32)
-  assert result["accuracy"] > 0.70, result
-  return path
-
-
-def test_classifier_features_separate_real_images_from_noise(classifier_path):
-  params, meta = fashion_mnist.load_classifier(classifier_path)
-  assert meta["steps"] == 150 and meta["features"] == 32
-  real = fashion_mnist.reference_images()
-  first, second = real[:1000], real[1000:2000]
-  noise = np.random.default_rng(0).integers(0, 256, first.shape).astype(np.uint8)
-  stats = lambda x: frechet.feature_statistics(
-      fashion_mnist.classifier_features(params, x))
-  fd_real = frechet.frechet_distance(*stats(first), *stats(second))
-  fd_noise = frechet.frechet_distance(*stats(first), *stats(noise))
-  mu, sigma = stats(first)
-  scale = 2 * np.trace(sigma)  # Rounding is relative to the traces that cancel.
-  assert abs(frechet.frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * scale
-  print(f'FD real/real {fd_real:.4f}, real/noise {fd_noise:.4f}')
-  assert 0 < fd_real < fd_noise / 20, (fd_real, fd_noise)
-  # Features do not depend on how the images are batched.
-  np.testing.assert_allclose(fashion_mnist.classifier_features(params, first[:7], batch_size=3),
-                             fashion_mnist.classifier_features(params, first[:7]), atol=1e-5)
-
-
 def test_fd_in_sample_mode_against_cached_test_statistics(classifier_path):
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
@@ -131,7 +100,6 @@ def test_fd_in_sample_mode_against_cached_test_statistics(classifier_path):
   cached = [f for f in os.listdir(os.path.dirname(classifier_path)) if "test_stats_L16" in f]
   assert len(cached) == 1
   # The test images themselves, as tokens at 16 levels: FD to their own statistics is 0.
-  from prime_jax.data import embedded, images  # pylint: disable=g-import-not-at-top
   tokens = images.quantise(embedded.fashion_mnist_local("validation"), 256, 16)
   q = measure(tokens)
   _, sigma = fashion_mnist.reference_statistics(classifier_path, 16)
@@ -143,12 +111,9 @@ def test_fd_in_sample_mode_against_cached_test_statistics(classifier_path):
   assert 0 < part < flat / 20
 
 
-def test_quality_settings_on_the_wrong_kind_of_data(classifier_path):
+def test_fd_classifier_on_text_data_is_refused(tmp_path):
+  """The dataset is checked before the classifier file is read."""
   with pytest.raises(ValueError, match=r"fd_classifier is set but dataset 'shakespeare_bytes' "
                                        r"is not Fashion-MNIST"):
-    run = experiment.build(tiny.config(sample__fd_classifier=classifier_path))
+    run = experiment.build(tiny.config(sample__fd_classifier=str(tmp_path / "missing.msgpack")))
     sample_quality.sample_metrics(run.config, run)
-  with pytest.raises(FileNotFoundError, match=r"(?s)no classifier at .*missing.msgpack: train it "
-                                              r"once .*train-classifier --out="):
-    fashion_mnist.load_classifier(os.path.join(os.path.dirname(classifier_path),
-                                                "missing.msgpack"))

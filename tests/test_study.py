@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from tools import study
+from tools import study_plots, study_tables
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -18,8 +18,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 def check_doc_matches(doc_path: str, results: dict) -> None:
   """The doc's tables equal the tables rendered from `results`, and key cells equal its numbers."""
   with open(doc_path, encoding="utf-8") as f:
-    parsed = study.parse_markdown_tables(f.read())
-  expected = study.tables(results)
+    parsed = study_tables.parse_markdown_tables(f.read())
+  expected = study_tables.tables(results)
   assert set(parsed) == set(expected)
   for key, (header, rows) in expected.items():
     assert parsed[key] == (header, rows), key
@@ -35,9 +35,30 @@ def check_doc_matches(doc_path: str, results: dict) -> None:
       assert se == pytest.approx(e[f"{prefix}_bits_se"], abs=6e-4)
   header, rows = parsed["idle"]
   for row in rows:
-    s = study._idle_sample(results["runs"][row[0]])  # pylint: disable=protected-access
+    s = study_tables.idle_sample(results["runs"][row[0]])
     assert int(row[header.index("idle steps")]) == s["num_idle"]
     assert int(row[header.index("network calls")]) == s["num_calls"]
+
+
+def test_markdown_tables_read_back_with_escaped_bars():
+  header, rows = ["run", "a|b"], [["x", "1 | 2"], ["y", "—"]]
+  doc = "intro\n<!-- table: t -->\n\n" + study_tables.markdown_table(header, rows) + "\n\nafter"
+  assert study_tables.parse_markdown_tables(doc) == {"t": (header, rows)}
+
+
+def test_line_plot_writes_a_png_with_gaps_and_log_axis(tmp_path):
+  """Missing points (None) and missing error bars are left out rather than failing."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  series = [{"label": "measured", "x": [1, 2, 4, 8], "y": [0.5, None, 0.2, 0.1],
+             "yerr": [0.05, None, None, 0.01]},
+            {"label": "formula ℓ", "x": [1, 2, 4, 8], "y": [0.4, 0.3, 0.2, 0.1], "dashed": True,
+             "yerr": [None] * 4, "color": 10}]
+  path = study_plots.line_plot(str(tmp_path / "sub" / "p.png"), series, "title α", "ℓ", "y",
+                               logx=True)
+  with Image.open(path) as img:
+    assert img.size == (900, 560)
+    colours = {c for _, c in img.convert("RGB").getcolors(1 << 20)}
+  assert (0, 0, 0) in colours and (31, 119, 180) in colours  # The black series, C0 (tab10).
 
 
 def test_study_script_tiny(tmp_path):
@@ -56,7 +77,7 @@ def test_study_script_tiny(tmp_path):
   assert text["ell"] == 2 and text["objective"] == "joint" and text["steps"] == 3
   assert text["eval"]["valid_bits"] > 0 and "joint_bits" in text["eval"]
   assert text["curve"] and text["params"] > 0
-  idle = study._idle_sample(text)  # pylint: disable=protected-access
+  idle = study_tables.idle_sample(text)
   assert idle["num_calls"] + idle["num_idle"] >= idle["num_steps_per_batch"]
   assert 0 <= idle["formula_idle_fraction"] <= 1
   assert any("gen_ppl" in s for s in text["samples"])

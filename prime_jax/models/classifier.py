@@ -1,7 +1,7 @@
 """A small CNN for 28×28 greyscale images, whose penultimate features give a Fréchet distance.
 
-Trained by `prime_jax.quality.fashion_mnist.train_classifier` on Fashion-MNIST; it plays the part that
-Inception plays in FID, with no download needed.
+Trained by `prime_jax.quality.fashion_mnist.train_classifier` on Fashion-MNIST; it plays the part
+that Inception plays in FID, with no download needed.
 """
 
 from __future__ import annotations
