@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from prime_jax import data, errors, losses, schedules
+from prime_jax.models import REMAT_POLICIES
 
 MODEL_TYPES = ("transformer", "unet")
 DTYPES = ("float32", "bfloat16")
@@ -44,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
       type="transformer", ell=2, d_model=128, num_layers=4, num_heads=4, mlp_ratio=4,
       dropout=0.0, cond_dim=128, time_conditioning=False, causal=False,
       per_digit_tables=False, combine="concat", dtype="float32", remat=False,
-      scan_layers=False,
+      remat_policy="full", scan_layers=False,
       # > 0: train through `fused_head` in chunks of this many token values, never forming the
       # (B, L, C) logits (transformer only); 0 forms them.
       fused_head_chunk=0,
@@ -157,6 +158,9 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
     _fail("model.d_model", m.d_model, f"a multiple of model.num_heads={m.num_heads}")
   if not 0 <= m.dropout < 1:
     _fail("model.dropout", m.dropout, "a number in [0, 1)")
+  if m.get("remat_policy", "full") not in REMAT_POLICIES:
+    _fail("model.remat_policy", m.remat_policy, f"one of {tuple(REMAT_POLICIES)} (what a "
+          "block rematerialised under model.remat=True keeps)")
   chunk = m.get("fused_head_chunk", 0)
   if not isinstance(chunk, int) or chunk < 0 or (chunk and m.type != "transformer"):
     _fail("model.fused_head_chunk", chunk, "0 (logits formed) or, for model.type='transformer', "

@@ -69,6 +69,7 @@ def build_model(config: ml_collections.ConfigDict, code: PrimeCode,
     return PrimeTransformer(code, d_model=m.d_model, num_layers=m.num_layers,
                             num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, cond_dim=m.cond_dim,
                             causal=m.causal, remat=m.remat, scan_layers=m.scan_layers,
+                            remat_policy=m.get("remat_policy", "full"),
                             zero_time_conditioning=m.get("zero_time_conditioning", False),
                             **common)
   if len(example_shape) != 3:

@@ -132,6 +132,8 @@ def test_a_bug_keeps_its_traceback():
     (dict(sample__batch_size=4), r"sample.batch_size=4 is invalid.*data×fsdp = 8"),
     (dict(mesh__tensor=0), r"mesh.tensor=0 is invalid: expected a positive integer or -1"),
     (dict(mesh__data=3, mesh__fsdp=-1), r"does not divide the 8 available devices"),
+    (dict(model__remat_policy="all"),
+     r"model.remat_policy='all' is invalid: expected one of \('full', 'dots'\)"),
     (dict(model__fused_head_chunk=-1), r"model.fused_head_chunk=-1 is invalid: expected 0"),
     (dict(model__type="unet", model__fused_head_chunk=64),
      r"model.fused_head_chunk=64 is invalid: .*for model.type='transformer'"),

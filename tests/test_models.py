@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from prime_jax.models import (ACTIVATION_AXES, LOGICAL_AXES, PARAM_AXES, PrimeEmbedding, PrimeTransformer,
-                              PrimeUNet, apply_rotary, count_params,
+                              PrimeUNet, REMAT_POLICIES, apply_rotary, count_params,
                               transformer_body_matmul_params)
 from prime_jax.subtokens import PrimeCode
 
@@ -330,6 +330,36 @@ def test_scan_and_remat_match_the_plain_loop():
   g_remat = jax.jit(jax.grad(functools.partial(loss, rematted)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                g_plain, g_remat)
+
+
+def _checkpoint_policies(jaxpr) -> list:
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("checkpoint", "remat2"):  # jax.checkpoint, by version
+      found.append(eqn.params["policy"])
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      found += _checkpoint_policies(sub)
+  return found
+
+
+def test_remat_policy_keeps_gradients_and_reaches_the_blocks():
+  code = PrimeCode(27, 3)
+  y = random_subtokens(key(0), code, (2, 5))
+  plain = PrimeTransformer(code, **TINY_TEXT)
+  params = nn.meta.unbox(perturb(init(plain, y), 1))["params"]
+  dots = PrimeTransformer(code, remat=True, remat_policy="dots", **TINY_TEXT)
+
+  def loss(model, p):
+    return jnp.sum(model.apply({"params": p}, y, train=False) ** 2)
+  g_plain = jax.jit(jax.grad(functools.partial(loss, plain)))(params)
+  g_dots = jax.jit(jax.grad(functools.partial(loss, dots)))(params)
+  # Recomputed float32 sums may round differently: gradient entries reach ~30 here.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               g_plain, g_dots)
+  policies = _checkpoint_policies(jax.make_jaxpr(functools.partial(loss, dots))(params).jaxpr)
+  assert policies == [REMAT_POLICIES["dots"]] * TINY_TEXT["num_layers"]
+  with pytest.raises(ValueError, match="remat_policy must be one of"):
+    PrimeTransformer(code, remat=True, remat_policy="some", **TINY_TEXT)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

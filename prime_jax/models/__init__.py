@@ -9,7 +9,8 @@ A sharding rule set maps some of these names to mesh axes, e.g.
 
 from prime_jax.models.embedding import COMBINE_MODES, PrimeEmbedding
 from prime_jax.models.layers import apply_rotary, count_params, timestep_embedding
-from prime_jax.models.transformer import PrimeTransformer, transformer_body_matmul_params
+from prime_jax.models.transformer import (REMAT_POLICIES, PrimeTransformer,
+                                          transformer_body_matmul_params)
 from prime_jax.models.unet import PrimeUNet
 
 # Logical axis names on parameters.
@@ -49,5 +50,5 @@ LOGICAL_AXES = {**PARAM_AXES, **ACTIVATION_AXES}
 __all__ = [
     "ACTIVATION_AXES", "COMBINE_MODES", "LOGICAL_AXES", "PARAM_AXES", "PrimeEmbedding",
     "PrimeTransformer", "PrimeUNet", "apply_rotary", "count_params", "timestep_embedding",
-    "transformer_body_matmul_params",
+    "transformer_body_matmul_params", "REMAT_POLICIES",
 ]

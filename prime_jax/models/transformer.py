@@ -26,6 +26,10 @@ from prime_jax.subtokens import PrimeCode
 
 Dtype = Any
 ACTIVATION_AXES = ("batch", "length", "embed")
+# What a rematerialised block keeps for its backward pass: nothing but its input ("full"), or
+# also the outputs of its weight matmuls ("dots": no recomputed projections, and no (L, L)
+# attention matrices kept, since those products have batch dimensions).
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def transformer_body_matmul_params(d_model: int, num_layers: int, mlp_ratio: int = 4) -> int:
@@ -104,7 +108,8 @@ class PrimeTransformer(nn.Module):
   (the paper's setting); `zero_time_conditioning` makes that constant the time MLP at t = 0
   (the released checkpoints' parameterisation). `remat` rematerialises each block;
   `scan_layers` stacks the blocks' parameters on a leading 'layers' axis and runs them with
-  `nn.scan`. `attention_impl`:
+  `nn.scan`; `remat_policy` (see REMAT_POLICIES) chooses what a rematerialised block keeps.
+  `attention_impl`:
   'auto' (fused cuDNN attention on GPUs with bfloat16/float16 `dtype`, XLA elsewhere), 'xla'
   or 'cudnn'.
   """
@@ -125,6 +130,7 @@ class PrimeTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   logits_dtype: Dtype = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
   scan_layers: bool = False
   attention_impl: str = "auto"
 
@@ -143,6 +149,9 @@ class PrimeTransformer(nn.Module):
     check_embedding_config(self.code, self.d_model, self.per_digit_tables, self.combine,
                            owner=name, features_field="d_model")
     check_attention_impl(self.attention_impl, name)
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"{name}: remat_policy must be one of {tuple(REMAT_POLICIES)}, "
+                       f"got {self.remat_policy!r}")
     super().__post_init__()
 
   def body_matmul_params(self) -> int:
@@ -173,7 +182,8 @@ class PrimeTransformer(nn.Module):
                     dtype=self.dtype, param_dtype=self.param_dtype)
     block_cls = DiTBlock
     if self.remat:
-      block_cls = nn.remat(DiTBlock, prevent_cse=not self.scan_layers)
+      block_cls = nn.remat(DiTBlock, prevent_cse=not self.scan_layers,
+                           policy=REMAT_POLICIES[self.remat_policy])
     if self.scan_layers:
       x_BLD, _ = nn.scan(
           block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
