@@ -8,6 +8,9 @@ sampler step does), the sampler's own cost as the sampler with a free network (o
 fixed logits) less that same loop with the free network.
 
   python -m benchmarks.sampling --seq_len=128 --vocab=50257 --lengths=1,2,4
+  # The sampler's own cost per step at the OpenWebText-small size (no full sampling runs):
+  python -m benchmarks.sampling --seq_len=1024 --d_model=768 --layers=12 --heads=12 \
+      --lengths=2 --batch=64 --dtype=bfloat16 --overhead_only --forward_calls=20
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def bench_length(args, ell: int) -> dict:
   code = PrimeCode(args.vocab, ell)
   d_model = args.d_model - args.d_model % (ell * 2 * args.heads) or ell * 2 * args.heads
   model = PrimeTransformer(code, d_model=d_model, num_layers=args.layers, num_heads=args.heads,
-                           dropout=0.0, cond_dim=64)
+                           dropout=0.0, cond_dim=64, dtype=jnp.dtype(args.dtype))
   shape = (args.batch, args.seq_len)
   y = jnp.full(shape + (ell,), code.mask_value, jnp.int32)
   params = model.init(jax.random.key(0), y, None, train=False)
@@ -64,13 +67,22 @@ def bench_length(args, ell: int) -> dict:
                                      for p, k in zip(leaves, keys)])
   apply_fn = lambda p, y, t: model.apply(p, y, t, train=False)
   t_B = jnp.full((args.batch,), 0.5)
-  steps = args.seq_len + 1
+  calls = args.forward_calls or args.seq_len + 1
   logits = jax.jit(apply_fn)(params, y, t_B)
-  loop_s, _ = _timed(_call_loop(apply_fn, steps), params, y, t_B, repeats=args.repeats)
-  forward_s = loop_s / steps
-
-  schedule = schedules.LogLinear()
+  loop_s, _ = _timed(_call_loop(apply_fn, calls), params, y, t_B, repeats=args.repeats)
+  forward_s = loop_s / calls
   row = {"ell": ell, "base": code.base, "d_model": d_model, "forward_ms": 1e3 * forward_s}
+  if not args.overhead_only:
+    row.update(_sampler_runs(args, apply_fn, params, code, shape))
+  row.update(_overhead(args, logits, y, t_B, code, shape, forward_s))
+  return row
+
+
+def _sampler_runs(args, apply_fn, params, code: PrimeCode, shape: tuple[int, int]) -> dict:
+  """Wall time, tokens/s and network calls of the sampler with and without idle-step caching,
+  and the saved fraction of calls against the idle-step formula."""
+  schedule, ell = schedules.LogLinear(), code.ell
+  row = {}
   for cache in (True, False):
     config = sampling.SamplerConfig(num_steps=args.seq_len, digit_source=args.digit_source,
                                     top_p=args.top_p, cache_idle_steps=cache,
@@ -102,6 +114,16 @@ def bench_length(args, ell: int) -> dict:
   # Calls equal busy steps, so the expected number of calls is Σ_k (1 - idle_k).
   row["saved_formula"] = 1.0 - float((1.0 - idle).sum()) / np.mean(counts[False])
   row["idle_e^-l"] = float(np.exp(-ell * args.batch))
+  return row
+
+
+def _overhead(args, logits, y, t_B, code: PrimeCode, shape: tuple[int, int],
+              forward_s: float) -> dict:
+  """The sampler's own cost per step: the sampler with a free network (fixed logits) less the
+  same number of free calls in a loop, also as a fraction of one forward pass."""
+  schedule = schedules.LogLinear()
+  steps = args.seq_len + 1
+  row = {}
   fixed = jax.device_put(logits)
   config = sampling.SamplerConfig(num_steps=args.seq_len, digit_source=args.digit_source,
                                   top_p=args.top_p, cache_idle_steps=False,
@@ -132,6 +154,11 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--count_runs", type=int, default=200, help="runs for the call counts")
   parser.add_argument("--x64", action="store_true", help="float64 Gumbel draws")
+  parser.add_argument("--dtype", default="float32", help="the network's matmul dtype")
+  parser.add_argument("--overhead_only", action="store_true",
+                      help="only the forward pass and the sampler's own cost per step")
+  parser.add_argument("--forward_calls", type=int, default=0,
+                      help="network calls timed for the forward pass (default: L + 1)")
   args = parser.parse_args()
   jax.config.update("jax_enable_x64", args.x64)
   print(f"device={jax.devices()[0].device_kind} L=T={args.seq_len} C={args.vocab} "
@@ -143,6 +170,11 @@ def main():
   print(" | ".join(f"{h:>10}" for h in header))
   for ell in (int(v) for v in args.lengths.split(",")):
     r = bench_length(args, ell)
+    if args.overhead_only:
+      print(f"ℓ={ell} b={r['base']} B={args.batch}: forward {r['forward_ms']:.2f} ms; sampler's "
+            f"own cost {r['overhead_ms_per_step']:.3f} ms/step = "
+            f"{r['overhead_vs_forward']:.1%} of a forward pass", flush=True)
+      continue
     cells = (r["ell"], r["base"], f"{r['forward_ms']:.2f}", f"{r['cached_s']:.3f}",
              f"{r['cached_tok_s']:.0f}", f"{r['cached_calls']:.1f}", f"{r['uncached_s']:.3f}",
              f"{r['uncached_tok_s']:.0f}", f"{r['uncached_calls']:.1f}", f"{r['saved']:.3f}",

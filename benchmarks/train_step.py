@@ -5,9 +5,10 @@ weights of the blocks). Shapes (float32, AdamW, no dropout):
   bytes: C = 256, ℓ = 2, D = 256, 4 blocks, 4 heads, L = 256, B = 8        (target <= 300 ms)
   gpt2:  C = 50257, ℓ = 2, D = 256, 4 blocks, 4 heads, L = 128, B = 4,
          with and without carry-over                                       (target <= 450 ms)
-Also the 8-virtual-device vs 1-device step time (run with --devices 8), and on a GPU the MFU
-of the OpenWebText-small shape in bf16 (--owt).
-  python3 -m benchmarks.train_step [--devices 8] [--owt]
+Also the 8-virtual-device vs 1-device step time (run with --devices 8), and with --owt the
+OpenWebText-small step in bf16 (`benchmarks.owt_step`: MFU, tokens/s, compiled peak memory and
+the head + objective share on an accelerator; compiled peak memory alone on a CPU).
+  python3 -m benchmarks.train_step [--devices 8] [--owt [--owt_batch 32] [--owt_only]]
 """
 
 import argparse
@@ -21,9 +22,12 @@ def _parse():
   p = argparse.ArgumentParser()
   p.add_argument("--devices", type=int, default=1, help="virtual CPU devices for the ratio")
   p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--owt", action="store_true", help="OpenWebText-small shape in bf16 (GPU)")
+  p.add_argument("--owt", action="store_true", help="OpenWebText-small shape in bf16")
+  p.add_argument("--owt_batch", type=int, nargs="+", default=[32],
+                 help="micro-batch sizes (sequences of 1024) for --owt")
+  p.add_argument("--owt_only", action="store_true", help="skip the small CPU shapes")
   p.add_argument("--peak_tflops", type=float, default=0.0,
-                 help="device peak for MFU (default: 989 for an H100 in bf16 when on GPU)")
+                 help="device peak for MFU (default: from the device kind, e.g. 989 on H100)")
   return p.parse_args()
 
 
@@ -35,6 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import owt_step  # noqa: E402
 from prime_jax import config as config_lib, sharding, step as step_lib  # noqa: E402
 from prime_jax.models import transformer_body_matmul_params  # noqa: E402
 
@@ -102,6 +107,15 @@ def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, b
 
 def main():
   args = ARGS
+  if not args.owt_only:
+    small_shapes(args)
+  if args.owt:
+    for batch in args.owt_batch:
+      owt_step.report(batch, args.repeats, args.peak_tflops)
+
+
+def small_shapes(args: argparse.Namespace) -> None:
+  """The bytes and GPT-2-vocabulary shapes of the module docstring, float32."""
   peak = matmul_flops_per_sec()
   print(f"device {jax.devices()[0].platform} x{jax.device_count()}; measured dense float32 "
         f"matmul: {peak / 1e9:.1f} GFLOP/s")
@@ -125,13 +139,6 @@ def main():
     many = time_step(256, 2, 256, 4, 4, 256, 8, True, args.repeats, devices=jax.devices())
     print(f"bytes step on {jax.device_count()} devices: {many * 1e3:.1f} ms vs 1 device "
           f"{one * 1e3:.1f} ms (ratio {many / one:.2f})")
-  if args.owt:
-    peak_tflops = args.peak_tflops or 989.0
-    seq, batch = 1024, 8
-    sec = time_step(50257, 2, 768, 12, 12, seq, batch, True, args.repeats, dtype="bfloat16")
-    flops = step_flops(50257, 768, 12, seq, batch)
-    print(f"OpenWebText-small bf16, B={batch}: {sec * 1e3:.1f} ms/step, "
-          f"MFU {flops / sec / (peak_tflops * 1e12):.1%} of {peak_tflops:.0f} TFLOP/s")
 
 
 if __name__ == "__main__":

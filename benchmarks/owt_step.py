@@ -1,0 +1,152 @@
+"""The OpenWebText-small train step (configs/openwebtext.py: DiT 12 × 768, C = 50257, L = 1024).
+
+On an accelerator: step time, tokens/s, MFU against the device's peak, compiled peak memory
+(`memory_analysis`) and the share of the step spent outside the blocks (noising, the fused
+head and the objective), measured as the full step minus a step whose loss reads the blocks'
+output directly. On a CPU only the compiled peak memory, at the batch asked for (no timing).
+  python3 -m benchmarks.train_step --owt [--owt_batch 32] [--peak_tflops 989]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from prime_jax import config as config_lib, sharding, step as step_lib
+from prime_jax.models import transformer_body_matmul_params
+
+GPT2_VOCAB = 50257
+OWT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs", "openwebtext.py")
+# Dense bf16 peaks (TFLOP/s) by device kind, for MFU when --peak_tflops is not given.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,
+                    "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+
+
+def owt_config(batch: int, ell: int = 2, carry_over: bool = True) -> ml_collections.ConfigDict:
+  """configs/openwebtext.py (its remat, scan and fused-head settings) on one device at a
+  micro-batch of `batch` sequences."""
+  c = config_lib.load(f"{OWT_CONFIG}:ell={ell},carry_over={carry_over}")
+  c.train.batch_size = batch
+  c.mesh.update(data=1, fsdp=1, tensor=1)
+  return c
+
+
+def model_flops(config: ml_collections.ConfigDict) -> float:
+  """Model FLOPs of one step (6·N·tokens + attention + head), not counting rematerialisation."""
+  m, seq, batch = config.model, config.data.seq_len, config.train.batch_size
+  n_body = transformer_body_matmul_params(m.d_model, m.num_layers, m.mlp_ratio)
+  return (6 * n_body * batch * seq + 12 * m.num_layers * seq**2 * m.d_model * batch
+          + 6 * m.d_model * GPT2_VOCAB * batch * seq)
+
+
+def _body_only_step(task: step_lib.Task, state: step_lib.TrainState, tokens: jax.Array):
+  """The train step with noising, head and objective replaced by a linear read of the blocks'
+  output (B, L, D): what is left when the head and the objective cost nothing."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  y_BLl = task.code.encode(tokens)
+  t_B = jnp.full((tokens.shape[0],), 0.5)
+
+  def loss_fn(params):
+    h_BLD = task.model.apply({"params": params}, y_BLl, t_B, train=True,
+                             rngs={"dropout": key}, return_features=True)
+    return jnp.mean(h_BLD.astype(jnp.float32))
+  grads = jax.grad(loss_fn)(state.params)
+  updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = optax.incremental_update(params, state.ema_params, 1.0 - task.ema_decay)
+  return state.replace(params=params, ema_params=ema, opt_state=opt_state,
+                       step=state.step + 1), {"grad_norm": optax.tree.norm(grads)}
+
+
+def compile_step(config: ml_collections.ConfigDict, step_fn: Callable = step_lib.train_step
+                 ) -> tuple[Any, step_lib.Task, Any]:
+  """(compiled step, task, state shardings) of `step_fn` for `config` on the first device."""
+  seq = config.data.seq_len
+  task = step_lib.build_task(config, GPT2_VOCAB, (seq,))
+  mesh = sharding.make_mesh(config, jax.devices()[:1])
+  rules = sharding.rules(config)
+  with sharding.activate(mesh, rules):
+    boxed = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,), boxed=True),
+                           jax.random.key(0))
+    shard = sharding.tree_shardings(boxed, mesh, rules)
+    abstract = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,)), jax.random.key(0))
+    tokens = jax.ShapeDtypeStruct((config.train.batch_size, seq), jnp.int32,
+                                  sharding=sharding.batch_sharding(mesh))
+    compiled = jax.jit(functools.partial(step_fn, task), in_shardings=(shard, tokens.sharding),
+                       out_shardings=(shard, None), donate_argnums=0
+                       ).lower(abstract, tokens).compile()
+  return compiled, task, shard
+
+
+def peak_bytes(compiled: Any) -> int:
+  """Compiled peak device memory: arguments + outputs (less donated aliases) + temporaries."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
+
+
+def _time(compiled: Any, task: step_lib.Task, shard: Any, config: ml_collections.ConfigDict,
+          repeats: int) -> float:
+  """Median seconds of `compiled` over `repeats` steps after one warm-up step."""
+  seq, batch = config.data.seq_len, config.train.batch_size
+  state = jax.jit(lambda k: step_lib.init_state(task, k, (seq,)), out_shardings=shard)(
+      jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, GPT2_VOCAB, (batch, seq)),
+                       jnp.int32)
+  state, metrics = compiled(state, tokens)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state, metrics = compiled(state, tokens)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def device_peak_tflops(given: float) -> float:
+  """`given` if > 0, else the table entry whose name the device kind contains (0 if none)."""
+  if given > 0:
+    return given
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_BF16_TFLOPS.items() if k.lower() in kind.lower()), 0.0)
+
+
+def report(batch: int, repeats: int, peak_tflops: float,
+           config: ml_collections.ConfigDict | None = None, timed: bool | None = None) -> dict:
+  """Prints and returns the OWT-small figures at `batch` (or of `config`); timed by default
+  only on an accelerator."""
+  config = config or owt_config(batch)
+  batch = config.train.batch_size
+  timed = jax.default_backend() != "cpu" if timed is None else timed
+  compiled, task, shard = compile_step(config)
+  peak = peak_bytes(compiled)
+  m = config.model
+  remat = m.remat_policy if m.remat else "off"
+  out = {"batch": batch, "remat": remat, "peak_bytes": peak}
+  line = (f"OpenWebText-small bf16, B={batch}×{config.data.seq_len}, remat={remat}, "
+          f"scan_layers={m.scan_layers}: compiled peak memory "
+          f"{peak / 2**30:.2f} GiB")
+  if not timed:
+    print(line + " (memory only)", flush=True)
+    return out
+  sec = _time(compiled, task, shard, config, repeats)
+  body, *_ = compile_step(config, _body_only_step)
+  body_sec = _time(body, task, shard, config, repeats)
+  tflops = device_peak_tflops(peak_tflops)
+  mfu = model_flops(config) / sec / (tflops * 1e12) if tflops else float("nan")
+  out.update(step_s=sec, tokens_per_s=batch * config.data.seq_len / sec, mfu=mfu,
+             head_share=1.0 - body_sec / sec)
+  print(f"{line}; {sec * 1e3:.1f} ms/step, {out['tokens_per_s']:,.0f} tokens/s, MFU "
+        f"{mfu:.1%} of {tflops:.0f} TFLOP/s ({jax.devices()[0].device_kind}); head + objective "
+        f"{out['head_share']:.1%} of the step ({body_sec * 1e3:.1f} ms without them)", flush=True)
+  return out

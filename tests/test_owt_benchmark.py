@@ -1,0 +1,36 @@
+"""The OpenWebText-small benchmark's code paths, on a scaled-down model so they run on a CPU."""
+
+import pytest
+
+from benchmarks import owt_step
+
+
+@pytest.fixture(scope="module")
+def small_owt():
+  c = owt_step.owt_config(2)
+  c.model.update(d_model=32, num_layers=2, num_heads=2, cond_dim=16)
+  c.data.seq_len = 32
+  return c
+
+
+def test_owt_config_fits_the_batch_with_remat_scan_and_the_fused_head():
+  c = owt_step.owt_config(32)
+  assert (c.model.remat, c.model.remat_policy, c.model.scan_layers) == (True, "dots", True)
+  assert c.model.fused_head_chunk > 0 and c.train.batch_size == 32
+  assert c.data.seq_len == 1024 and c.model.dtype == "bfloat16"
+
+
+def test_model_flops_count_six_n_per_token_plus_attention_and_head(small_owt):
+  d, layers, seq, batch = 32, 2, 32, 2
+  n_body = layers * 12 * d * d
+  expected = 6 * n_body * batch * seq + 12 * layers * seq**2 * d * batch + 6 * d * 50257 * batch * seq
+  assert owt_step.model_flops(small_owt) == expected
+
+
+def test_report_times_the_step_and_the_head_share(small_owt, capsys):
+  out = owt_step.report(2, 2, peak_tflops=1.0, config=small_owt, timed=True)
+  assert out["peak_bytes"] > 0 and out["step_s"] > 0
+  assert out["tokens_per_s"] == pytest.approx(2 * 32 / out["step_s"])
+  # A 50257-way head on a 32-wide, 2-block body: the head and objective are most of the step.
+  assert 0.5 < out["head_share"] < 1.0
+  assert "MFU" in capsys.readouterr().out
