@@ -16,6 +16,7 @@ call orbax directly, in the main thread, since orbax's barriers there are device
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import time
@@ -25,9 +26,13 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+# TrainState fields a checkpoint may leave out (the converter writes neither); restore makes them.
+OPTIONAL_FIELDS = ("ema_params", "opt_state")
 
 
 class Manager:
@@ -149,12 +154,16 @@ def abstract_like(state: Any) -> Any:
 
 def restore_latest(manager: Manager, target_state: Any,
                    data_iterator: Any = None, step: Optional[int] = None,
-                   set_aside_unreadable: bool = False) -> tuple[Optional[int], Any]:
+                   set_aside_unreadable: bool = False,
+                   tx: Optional[optax.GradientTransformation] = None
+                   ) -> tuple[Optional[int], Any]:
   """(step, state) of the newest checkpoint that restores, or (None, None) when there is none.
 
   The data iterator, when given, is restored in place. With `set_aside_unreadable` (training,
   which will save those steps again) unreadable newer steps are moved out of the way; readers
-  such as eval leave the workdir untouched.
+  such as eval leave the workdir untouched. A checkpoint without EMA or optimizer state (a
+  converted one) gets EMA = its params and `tx.init(params)`; one without an iterator state
+  leaves the iterator at its start.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if step is not None:
@@ -164,11 +173,8 @@ def restore_latest(manager: Manager, target_state: Any,
   abstract = abstract_like(target_state)
   unreadable = []
   for s in steps:
-    items = {"state": ocp.args.StandardRestore(abstract)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = manager.restore(s, ocp.args.Composite(**items))
+      absent, restored = _restore_step(manager, s, abstract, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one",
                       s, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
@@ -178,12 +184,50 @@ def restore_latest(manager: Manager, target_state: Any,
       continue
     if unreadable and set_aside_unreadable:
       _set_aside(manager, unreadable)
-    return s, restored["state"]
+    return s, _complete(restored, absent, abstract, tx, s)
   if steps:
     raise RuntimeError(f"no checkpoint in {manager.directory} could be restored (steps tried: "
                        f"{steps}); refusing to start again from step 0 — move the directory "
                        "away to start afresh")
   return None, None
+
+
+def _restore_step(manager: Manager, s: int, abstract: Any, data_iterator: Any
+                  ) -> tuple[list[str], Any]:
+  """(the optional fields step `s` lacks, its state without them); restores the iterator."""
+  step_dir = epath.Path(str(manager.directory)) / str(s)
+  saved = saved_tree(step_dir / "state")
+  absent = [f for f in OPTIONAL_FIELDS if isinstance(saved, dict) and saved.get(f) is None]
+  items = {"state": ocp.args.StandardRestore(
+      dataclasses.replace(abstract, **{f: None for f in absent}) if absent else abstract)}
+  if data_iterator is not None:
+    if (step_dir / "data").exists():
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    else:
+      print(f"[checkpoint] step {s} holds no data-iterator state; the data start from the "
+            "beginning", flush=True)
+  return absent, manager.restore(s, ocp.args.Composite(**items))["state"]
+
+
+def _complete(state: Any, absent: list[str], abstract: Any,
+              tx: Optional[optax.GradientTransformation], s: int) -> Any:
+  """`state` with the fields the checkpoint left out made afresh, on the target's shardings."""
+  made = {}
+  if "ema_params" in absent:
+    made["ema_params"] = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                 out_shardings=_shardings(abstract.ema_params))(state.params)
+  if "opt_state" in absent:
+    if tx is None:
+      raise ValueError(f"the checkpoint at step {s} holds no optimizer state (a converted "
+                       "checkpoint); restoring it needs the optimizer (tx) to make a fresh one")
+    made["opt_state"] = jax.jit(tx.init, out_shardings=_shardings(abstract.opt_state))(
+        state.params)
+    print(f"[checkpoint] step {s} holds no optimizer state; starting a fresh one", flush=True)
+  return dataclasses.replace(state, **made) if made else state
+
+
+def _shardings(abstract: Any) -> Any:
+  return jax.tree.map(lambda x: x.sharding, abstract)
 
 
 def _set_aside(manager: Manager, steps: list[int]) -> None:
@@ -206,16 +250,21 @@ def saved_param_shapes(checkpoint_dir: str) -> Optional[dict[str, tuple[int, ...
   steps = sorted((int(d) for d in listdir(checkpoint_dir) if d.isdigit()), reverse=True)
   for s in steps:
     try:
-      meta = ocp.StandardCheckpointHandler().metadata(
-          epath.Path(os.path.join(checkpoint_dir, str(s), "state")))
+      tree = saved_tree(epath.Path(os.path.join(checkpoint_dir, str(s), "state")))
     except Exception:  # pylint: disable=broad-except  (a corrupted step: restore reports it)
       continue
-    tree = getattr(meta, "tree", meta)
     if not isinstance(tree, dict) or "params" not in tree:
       continue
     leaves = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
     return {path_name(p): tuple(getattr(leaf, "shape", ())) for p, leaf in leaves}
   return None
+
+
+def saved_tree(state_dir: epath.Path) -> Any:
+  """The metadata tree of a saved state (array metadata at the leaves, None for fields left
+  out); raises when the step is unreadable."""
+  meta = ocp.StandardCheckpointHandler().metadata(state_dir)
+  return getattr(meta, "tree", meta)
 
 
 def path_name(path) -> str:

@@ -89,6 +89,15 @@ def init_state(exp: Experiment, seed: int) -> step.TrainState:
                    out_shardings=exp.state_shardings)(jax.random.key(seed))
 
 
+def abstract_state(exp: Experiment) -> step.TrainState:
+  """The state's shapes, dtypes and shardings, no arrays made: what a restore targets."""
+  with sharding.activate(exp.mesh, exp.rules):
+    shapes = jax.eval_shape(lambda k: step.init_state(exp.task, k, exp.example_shape),
+                            jax.random.key(0))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                      exp.state_shardings)
+
+
 def make_train_step(exp: Experiment) -> Callable:
   """`(state, tokens) -> (state, metrics)`, jitted with explicit shardings; donates the state."""
   jitted = jax.jit(functools.partial(step.train_step, exp.task),
@@ -136,8 +145,7 @@ def restore(exp: Experiment, workdir: str, step_number: int = -1
         f"no checkpoint in {directory}: train first with "
         f"python -m prime_jax.main --config=... --workdir={workdir} --mode=train")
   manager = checkpointing.make_manager(workdir, exp.config)
-  target = init_state(exp, exp.config.seed)
-  return checkpointing.restore_latest(manager, target,
+  return checkpointing.restore_latest(manager, abstract_state(exp), tx=exp.task.tx,
                                       step=None if step_number < 0 else step_number)
 
 

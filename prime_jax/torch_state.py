@@ -42,6 +42,9 @@ STORAGE_DTYPES = {
 ACCEPTED = ("a torch.save file (zip archive, or the sequential format of torch < 1.6) holding "
             "tensors in (nested) dicts, lists or tuples")
 ZIP_MAGIC = b"PK\x03\x04"
+# What the readers raise on a malformed file; load() turns each into a TorchFileError.
+_READ_ERRORS = (pickle.UnpicklingError, EOFError, struct.error, TypeError, AttributeError,
+                IndexError, KeyError, ValueError, zipfile.BadZipFile, OSError, RecursionError)
 
 
 class TorchFileError(ValueError):
@@ -315,32 +318,29 @@ def load(path: str, lazy: bool = False) -> Any:
     raise FileNotFoundError(f"{path} does not exist (expected {ACCEPTED})")
   with open(path, "rb") as f:
     starts_as_zip = f.read(4) == ZIP_MAGIC
-  errors = (pickle.UnpicklingError, EOFError, struct.error, TypeError, AttributeError,
-            IndexError, KeyError, zipfile.BadZipFile, OSError, RecursionError)
   if zipfile.is_zipfile(path):
-    try:
-      return _load_zip(path, lazy)
-    except TorchFileError:
-      raise
-    except unpickling.RefusedPickle as e:
-      raise TorchFileError(f"{path}: {e} (expected {ACCEPTED})") from None
-    except errors + (ValueError,) as e:
-      raise TorchFileError(f"{path} could not be read as a torch.save zip archive "
-                           f"({type(e).__name__}: {e}); it may be truncated or corrupted") from e
+    return _translated(path, lambda: _load_zip(path, lazy), "a torch.save zip archive",
+                       "it may be truncated or corrupted")
   if starts_as_zip:
     raise TorchFileError(f"{path} starts as a zip archive but has no readable central "
                          "directory: the file is truncated or corrupted (an interrupted "
                          "download or copy?)")
   with open(path, "rb") as f:
-    try:
-      return _load_legacy(path, f, lazy)
-    except TorchFileError:
-      raise
-    except unpickling.RefusedPickle as e:
-      raise TorchFileError(f"{path}: {e} (expected {ACCEPTED})") from None
-    except errors + (ValueError,) as e:
-      raise TorchFileError(f"{path} could not be read as a torch.save file ({e}); "
-                           f"expected {ACCEPTED}") from e
+    return _translated(path, lambda: _load_legacy(path, f, lazy), "a torch.save file",
+                       f"expected {ACCEPTED}")
+
+
+def _translated(path: str, read: Callable[[], Any], what: str, hint: str) -> Any:
+  """`read()`, whatever a malformed file makes it raise turned into a TorchFileError."""
+  try:
+    return read()
+  except TorchFileError:
+    raise
+  except unpickling.RefusedPickle as e:
+    raise TorchFileError(f"{path}: {e} (expected {ACCEPTED})") from None
+  except _READ_ERRORS as e:
+    raise TorchFileError(f"{path} could not be read as {what} ({type(e).__name__}: {e}); "
+                         f"{hint}") from e
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

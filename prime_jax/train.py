@@ -94,7 +94,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   manager = checkpointing.make_manager(workdir, config)
   state = experiment.init_state(exp, config.seed)
   restored_step, restored = checkpointing.restore_latest(manager, state, data_iter,
-                                                         set_aside_unreadable=True)
+                                                         set_aside_unreadable=True,
+                                                         tx=exp.task.tx)
   if restored is not None:
     state = restored
     print(f"[train] resumed from step {restored_step} in {workdir}", flush=True)

@@ -14,9 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 
 import official_files
-from prime_jax import config as config_lib, experiment, step as step_lib, torch_state
+from prime_jax import checkpointing, config as config_lib, experiment, step as step_lib, train
+from prime_jax import torch_state
 from prime_jax.convert import image, official
 from prime_jax.convert.reading import OfficialFormatError
 from prime_jax.data import tokenizers
@@ -135,8 +137,40 @@ def test_the_workdir_restores_the_chosen_weights(tmp_path, monkeypatch):
     logits = run.task.model.apply({"params": params}, y, None, train=False)
     ref = fx["logits_raw"]
     assert step == 12345 and np.abs(np.asarray(logits) - ref).max() / np.abs(ref).max() < 1e-4
+  saved = checkpointing.saved_tree(epath.Path(workdir) / "checkpoints" / "12345" / "state")
+  assert saved["ema_params"] is None and saved["opt_state"] is None  # Made on restore.
+  fresh = run.task.tx.init(state.params)
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(fresh)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.opt_state),
+                                                  jax.tree.leaves(fresh)))
+  with pytest.raises(ValueError, match=r"step 12345 holds no optimizer state .* needs the "
+                                       r"optimizer \(tx\)"):
+    checkpointing.restore_latest(checkpointing.make_manager(workdir, run.config), state)
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
     official.convert(path, workdir, "raw", _embedded_config())
+
+
+def test_training_resumes_from_a_converted_workdir(tmp_path, monkeypatch, capsys):
+  """No EMA, optimizer or data-iterator state in the workdir: restore makes them, and the
+  first step runs from a fresh Adam state (count 0, so the warm-up's learning rate 0)."""
+  _bytes_as_fixture_vocab(monkeypatch)
+  workdir = str(tmp_path / "run")
+  official.convert(_paths("text_C1000_l2")[0], workdir, "raw", _embedded_config())
+  config = config_lib.load(os.path.join(workdir, "config.py"))
+  config.train.update(batch_size=8, num_steps=12346, eval_every=0, sample_every=0,
+                      log_every=1, checkpoint_every=1, async_checkpoint=False)
+  run = experiment.build(config)
+  _, before = experiment.restore(run, workdir)
+  assert train.train_and_evaluate(config, workdir)["step"] == 12346
+  out = capsys.readouterr().out
+  assert "[train] resumed from step 12345" in out and "starting a fresh one" in out
+  assert "holds no data-iterator state" in out
+  step, after = experiment.restore(run, workdir)
+  adam = after.opt_state[-1][0]  # chain(clip, adamw): adamw's ScaleByAdamState.
+  assert step == 12346 and int(adam.count) == 1
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.params),
+                                                  jax.tree.leaves(before.params)))
+  assert max(float(np.abs(np.asarray(m)).max()) for m in jax.tree.leaves(adam.mu)) > 0
 
 
 def test_an_image_workdir_restores_the_unet_of_the_file(tmp_path):

@@ -1,10 +1,11 @@
 """One of the authors' released checkpoints -> a workdir that --mode=eval and --mode=sample read.
 
 The workdir holds what training would have written: `checkpoints/<step>/` (an orbax TrainState
-whose params and EMA params are both the chosen weights, with a fresh optimizer state),
-`config.json`, plus `config.py` (so `--config=DIR/config.py` reloads exactly that config) and
-`converted_from.json` (file, weights, C, ℓ, b, step). The model fields come from the file's
-shapes; ℓ and C must agree with the config given (or the default configs/official_*.py).
+whose params are the chosen weights; EMA and optimizer state are left out, and restoring makes
+the EMA equal to them and a fresh optimizer state), `config.json`, plus `config.py` (so
+`--config=DIR/config.py` reloads exactly that config) and `converted_from.json` (file, weights,
+C, ℓ, b, step). The model fields come from the file's shapes; ℓ and C must agree with the
+config given (or the default configs/official_*.py). Training resumes from it too.
 """
 
 from __future__ import annotations
@@ -106,16 +107,29 @@ def _checked(params: dict, run: experiment.Experiment, path: str) -> dict:
 
 
 def build_state(run: experiment.Experiment, params: dict, step_number: int) -> step.TrainState:
-  """A TrainState holding `params` as params and EMA params, on the run's shardings."""
+  """A TrainState of `params` alone (no EMA, no optimizer state), on the run's shardings.
+
+  `params` is emptied as its arrays are put on the device, so that the host copy of each is
+  freed as soon as it is placed; restoring makes the EMA (= params) and a fresh optimizer state.
+  """
   shardings = run.state_shardings
-  params = jax.tree.map(lambda a, s: jax.device_put(a, s), params, shardings.params)
-  opt_state = jax.jit(run.task.tx.init, out_shardings=shardings.opt_state)(params)
   key = jax.random.fold_in(jax.random.key(run.config.seed), 1)
   return step.TrainState(
-      step=jax.device_put(jnp.asarray(step_number, jnp.int32), shardings.step), params=params,
-      ema_params=params, opt_state=opt_state,
+      step=jax.device_put(jnp.asarray(step_number, jnp.int32), shardings.step),
+      params=_move_to_devices(params, shardings.params), ema_params=None, opt_state=None,
       rng=jax.device_put(jax.random.key_data(key), shardings.rng),
       skipped=jax.device_put(jnp.zeros((), jnp.int32), shardings.skipped))
+
+
+def _move_to_devices(host: dict, shardings: dict) -> dict:
+  """The nested dict `host` placed on `shardings`, taking each array out of `host` as it goes."""
+  out = {}
+  for name in list(host):
+    value = host.pop(name)
+    out[name] = (_move_to_devices(value, shardings[name]) if isinstance(value, dict)
+                 else jax.device_put(value, shardings[name]))
+    del value
+  return out
 
 
 def _check_empty(workdir: str) -> None:
@@ -133,7 +147,6 @@ def write_workdir(model: reading.OfficialModel, config: ml_collections.ConfigDic
   single = ml_collections.ConfigDict(config.to_dict())
   single.mesh.update(data=1, fsdp=1, tensor=1)
   run = experiment.build(single, devices=jax.local_devices()[:1])
-  # The host copy of the weights lives only until they are on the device.
   state = build_state(run, _checked(network_params(model, config), run, model.path), model.step)
   os.makedirs(workdir, exist_ok=True)
   single.train.async_checkpoint = False  # No snapshot copy of the state.
