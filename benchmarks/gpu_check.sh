@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every GPU figure for the OpenWebText-small shape in one run (a few minutes on an H100/H200):
+# train step (MFU, tokens/s, compiled peak memory, head + objective share) at a micro-batch of
+# 32 × 1024 (OWT_BATCHES="32 64" for more), then the sampler's own cost per step at batch 1
+# and 64, all with the XLA flags of launch/gpu_flags.sh.
+#   bash benchmarks/gpu_check.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash launch/setup_env.sh
+JAX_VERSION="$(python3 -c 'import jax; print(jax.__version__)')"
+if ! python3 -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
+  python3 -m pip install -q "jax[cuda12]==${JAX_VERSION}"
+fi
+source launch/gpu_flags.sh
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# shellcheck disable=SC2086
+timeout 180 python3 -m benchmarks.train_step --owt --owt_only --owt_batch ${OWT_BATCHES:-32} \
+  --repeats 10
+for batch in 1 64; do
+  timeout 60 python3 -m benchmarks.sampling --seq_len=1024 --vocab=50257 --d_model=768 \
+    --layers=12 --heads=12 --lengths=2 --batch="$batch" --dtype=bfloat16 --overhead_only \
+    --forward_calls=20 --repeats=2
+done
