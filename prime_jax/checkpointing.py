@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import grain
 import jax
@@ -118,13 +118,13 @@ def _snapshot(state: Any) -> Any:
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> Manager:
   """Keeps the last `train.keep_last` checkpoints plus every `train.keep_every`-th step."""
-  t = config.train
+  train_cfg = config.train
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=t.keep_last, keep_period=t.keep_every or None, create=True,
-      enable_async_checkpointing=t.async_checkpoint)
+      max_to_keep=train_cfg.keep_last, keep_period=train_cfg.keep_every or None, create=True,
+      enable_async_checkpointing=train_cfg.async_checkpoint)
   manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                   options=options, item_names=("state", "data"))
-  return Manager(manager, hand_off=bool(t.async_checkpoint) and jax.process_count() == 1)
+  return Manager(manager, hand_off=bool(train_cfg.async_checkpoint) and jax.process_count() == 1)
 
 
 def save(manager: Manager, step: int, state: Any, data_iterator: Any = None,
@@ -267,7 +267,7 @@ def saved_tree(state_dir: epath.Path) -> Any:
   return getattr(meta, "tree", meta)
 
 
-def path_name(path) -> str:
+def path_name(path: Sequence[Any]) -> str:
   """'block_0/mlp_in/kernel' for a tree path of dict keys or attributes."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 

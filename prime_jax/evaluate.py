@@ -33,7 +33,7 @@ def count_mask(exp: Experiment, data_config: ml_collections.ConfigDict,
   return np.ones(tokens.shape, np.float32)
 
 
-def evaluate_split(exp: Experiment, params, *, split: str, batch_size: int, num_batches: int,
+def evaluate_split(exp: Experiment, params: Any, *, split: str, batch_size: int, num_batches: int,
                    num_time_samples: int, seed: int,
                    data_config: Optional[ml_collections.ConfigDict] = None) -> dict[str, Any]:
   """Per-token valid bound (and joint objective, not a bound) over `num_batches` (0 = all).

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from prime_jax import objectives
 from prime_jax.forward import mask_subtokens
@@ -41,8 +42,8 @@ def antithetic_times(key: jax.Array, batch_size: int, num_samples: int,
 
 
 def eval_step(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Schedule,
-              tokens, mask=None, *, num_time_samples: int = 1, carry_over: bool = True,
-              t_min: float = 1e-5) -> dict[str, jax.Array]:
+              tokens: ArrayLike, mask: Optional[ArrayLike] = None, *, num_time_samples: int = 1,
+              carry_over: bool = True, t_min: float = 1e-5) -> dict[str, jax.Array]:
   """Per-example sums over tokens of the valid bound and the joint objective, K-averaged.
 
   tokens (B, *P) ints, mask (B, *P) 0/1 weights of the positions that count (None: all).
@@ -86,7 +87,7 @@ class Estimate:
 
 
 
-def ratio_estimate(sums, counts) -> Estimate:
+def ratio_estimate(sums: np.ndarray, counts: np.ndarray) -> Estimate:
   """Σ sums / Σ counts and its delta-method standard error over examples (module docstring);
   examples with count 0 are left out."""
   sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)

@@ -15,6 +15,7 @@ import traceback
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -51,7 +52,7 @@ def _check_workdir(workdir: str, mode: str) -> None:
                               f"checkpoints/; train first with --mode=train --workdir={workdir}")
 
 
-def _check_distributed(d) -> None:
+def _check_distributed(d: ml_collections.ConfigDict) -> None:
   if not d.initialize:
     if d.coordinator_address:
       raise errors.UserError(
@@ -72,13 +73,13 @@ def _check_distributed(d) -> None:
                              f"expected an integer in [0, {d.num_processes})")
 
 
-def check_flags(config, workdir: str, mode: str) -> None:
+def check_flags(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
   """Errors in what was typed, before jax starts: the workdir and config.distributed."""
   _check_workdir(workdir, mode)
   _check_distributed(config.distributed)
 
 
-def _initialize_distributed(config) -> None:
+def _initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """Joins the processes of a multi-host job (a TPU pod, or several local processes)."""
   d = config.distributed
   if not d.initialize:

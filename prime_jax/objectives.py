@@ -4,6 +4,7 @@ All functions take token logits (..., C) from the network, never logits for inva
 logits are padded to the digit grid (d0, b, ..., b) — d0 = the leading digit's range — so carry-over
 is a broadcast bias per visible digit and a digit marginal is a reduction over the other axes.
 Nothing of shape (..., C, ℓ) is formed. Losses are per token, already multiplied by w(t).
+Shape suffixes: `_l` is a trailing axis of the ℓ digits of a token, after any leading axes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from prime_jax.schedules import Schedule
 from prime_jax.subtokens import PrimeCode
@@ -22,7 +24,7 @@ from prime_jax.subtokens import PrimeCode
 NEG_INF = -1e30
 
 
-def grid_logits(code: PrimeCode, logits, y=None) -> jax.Array:
+def grid_logits(code: PrimeCode, logits: ArrayLike, y: ArrayLike | None = None) -> jax.Array:
   """(..., C) -> float32 (..., d0, b, ..., b); codes >= C get NEG_INF.
 
   With sub-tokens `y` (..., ℓ) the carry-over restriction is applied: every code that disagrees
@@ -41,7 +43,7 @@ def grid_logits(code: PrimeCode, logits, y=None) -> jax.Array:
   return grid + _carry_over_bias(code, y)
 
 
-def digit_biases(code: PrimeCode, y) -> list[jax.Array]:
+def digit_biases(code: PrimeCode, y: ArrayLike) -> list[jax.Array]:
   """Per digit j, (..., n_j) over its values (n_j from grid_shape): 0 where the value agrees with
   y (..., ℓ) — every value agrees with a masked digit — and NEG_INF elsewhere (carry-over)."""
   y = jnp.asarray(y)
@@ -49,7 +51,7 @@ def digit_biases(code: PrimeCode, y) -> list[jax.Array]:
                     0.0, NEG_INF) for j, size in enumerate(code.grid_shape)]
 
 
-def _carry_over_bias(code: PrimeCode, y) -> jax.Array:
+def _carry_over_bias(code: PrimeCode, y: ArrayLike) -> jax.Array:
   """Σ over digits j of `digit_biases` j broadcast along grid axis j."""
   lead = jnp.shape(y)[:-1]
   bias = 0.0
@@ -58,7 +60,7 @@ def _carry_over_bias(code: PrimeCode, y) -> jax.Array:
   return bias
 
 
-def consistent_bias(code: PrimeCode, y, digits: Sequence[int]) -> jax.Array:
+def consistent_bias(code: PrimeCode, y: ArrayLike, digits: Sequence[int]) -> jax.Array:
   """(..., Π n_j) over the listed digits' values in row-major order: the outer sum of their
   `digit_biases`, for a block view of the digit grid (leading digits × trailing digits)."""
   per_digit = digit_biases(code, y)
@@ -68,21 +70,22 @@ def consistent_bias(code: PrimeCode, y, digits: Sequence[int]) -> jax.Array:
   return bias
 
 
-def restrict_logits(code: PrimeCode, logits, y) -> jax.Array:
+def restrict_logits(code: PrimeCode, logits: ArrayLike, y: ArrayLike) -> jax.Array:
   """(..., C) float32 logits with carry-over applied: tokens inconsistent with y get NEG_INF."""
   bias = consistent_bias(code, y, range(code.ell))[..., :code.vocab_size]
   return jnp.asarray(logits, jnp.float32) + bias
 
 
-def _flat(code: PrimeCode, grid) -> jax.Array:
+def _code_logits(code: PrimeCode, grid: jax.Array) -> jax.Array:
+  """(..., d0, b, ..., b) -> (..., d0·b^(ℓ-1)): one entry per code, in the order codes decode."""
   return grid.reshape(grid.shape[:-code.ell] + (-1,))
 
 
-def _grid_axes(grid, ell: int) -> tuple[int, ...]:
+def _grid_axes(grid: jax.Array, ell: int) -> tuple[int, ...]:
   return tuple(range(grid.ndim - ell, grid.ndim))
 
 
-def _marginal_sums(e_grid, ell: int) -> list[jax.Array]:
+def _marginal_sums(e_grid: jax.Array, ell: int) -> list[jax.Array]:
   """Per digit j, the sums of e over every other digit axis: [(..., n_j)] for j < ℓ.
 
   Leading axes are summed away one at a time, so only two passes touch the full grid.
@@ -97,13 +100,13 @@ def _marginal_sums(e_grid, ell: int) -> list[jax.Array]:
   return sums
 
 
-def _digit_onehot_sum(code: PrimeCode, values_Dl, digits_Dl) -> jax.Array:
+def _digit_onehot_sum(code: PrimeCode, values_l: jax.Array, digits_l: jax.Array) -> jax.Array:
   """Σ_j values_j · [code's digit j == digits_j], broadcast to the grid (..., d0, b, ..., b)."""
-  lead = digits_Dl.shape[:-1]
+  lead = digits_l.shape[:-1]
   total = 0.0
   for j, size in enumerate(code.grid_shape):
-    hit = digits_Dl[..., j, None] == jnp.arange(size)
-    term = jnp.where(hit, values_Dl[..., j, None], 0.0)
+    hit = digits_l[..., j, None] == jnp.arange(size)
+    term = jnp.where(hit, values_l[..., j, None], 0.0)
     total = total + term.reshape(lead + (1,) * j + (size,) + (1,) * (code.ell - 1 - j))
   return total
 
@@ -115,18 +118,18 @@ def _token_nll(code: PrimeCode, grid, x0):
 
 
 def _token_nll_fwd(code, grid, x0):
-  flat = _flat(code, grid)
-  log_z = jax.nn.logsumexp(flat, axis=-1)
-  target = jnp.take_along_axis(flat, x0[..., None], axis=-1)[..., 0]
+  code_logits = _code_logits(code, grid)
+  log_z = jax.nn.logsumexp(code_logits, axis=-1)
+  target = jnp.take_along_axis(code_logits, x0[..., None], axis=-1)[..., 0]
   return log_z - target, (grid, log_z, x0)
 
 
 def _token_nll_bwd(code, res, g):
   grid, log_z, x0 = res
-  flat = _flat(code, grid)
-  onehot = x0[..., None] == jnp.arange(flat.shape[-1])
-  d_flat = g[..., None] * (jnp.exp(flat - log_z[..., None]) - onehot)
-  return d_flat.reshape(grid.shape), None
+  code_logits = _code_logits(code, grid)
+  onehot = x0[..., None] == jnp.arange(code_logits.shape[-1])
+  d_code_logits = g[..., None] * (jnp.exp(code_logits - log_z[..., None]) - onehot)
+  return d_code_logits.reshape(grid.shape), None
 
 
 _token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
@@ -168,12 +171,14 @@ def _masked_digit_nll_bwd(code, res, g):
 _masked_digit_nll.defvjp(_masked_digit_nll_fwd, _masked_digit_nll_bwd)
 
 
-def token_log_probs(code: PrimeCode, logits, x0, y=None) -> jax.Array:
+def token_log_probs(code: PrimeCode, logits: ArrayLike, x0: ArrayLike,
+                    y: ArrayLike | None = None) -> jax.Array:
   """(...,) log p(x0 | y) under the softmax of the token logits, restricted by y when given."""
   return -_token_nll(code, grid_logits(code, logits, y), jnp.asarray(x0))
 
 
-def digit_log_marginals(code: PrimeCode, logits, y=None) -> jax.Array:
+def digit_log_marginals(code: PrimeCode, logits: ArrayLike,
+                        y: ArrayLike | None = None) -> jax.Array:
   """(..., ℓ, b) log μ^j(v): the probability that digit j equals v under p(· | y).
 
   Entries for leading-digit values that no valid token has are NEG_INF.
@@ -194,13 +199,14 @@ def digit_log_marginals(code: PrimeCode, logits, y=None) -> jax.Array:
   return jnp.stack(rows, axis=-2)
 
 
-def _time_weight(schedule: Schedule, t, ndim: int) -> jax.Array:
+def _time_weight(schedule: Schedule, t: ArrayLike, ndim: int) -> jax.Array:
   """w(t) for t of shape (B,), reshaped to broadcast against (B, ...) with `ndim` axes."""
   w = schedule.weight(jnp.asarray(t, jnp.float32))
   return w.reshape(w.shape + (1,) * (ndim - w.ndim))
 
 
-def joint_loss(code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
+def joint_loss(code: PrimeCode, schedule: Schedule, logits: ArrayLike, x0: ArrayLike,
+               y_t: ArrayLike, t: ArrayLike,
                carry_over: bool = True) -> jax.Array:
   """The paper's objective per token: -w(t) log p(x0 | y_t) on tokens with any masked digit.
 
@@ -212,7 +218,8 @@ def joint_loss(code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
   return jnp.where(any_masked, -log_p, 0.0) * _time_weight(schedule, t, x0.ndim)
 
 
-def valid_loss(code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
+def valid_loss(code: PrimeCode, schedule: Schedule, logits: ArrayLike, x0: ArrayLike,
+               y_t: ArrayLike, t: ArrayLike,
                carry_over: bool = True) -> jax.Array:
   """The valid bound per token: -w(t) Σ_j [digit j masked] log μ^j(x0_j | y_t).
 
@@ -225,6 +232,7 @@ def valid_loss(code: PrimeCode, schedule: Schedule, logits, x0, y_t, t,
   return nll * _time_weight(schedule, t, x0.ndim)
 
 
-def cross_entropy_loss(code: PrimeCode, logits, x0, y_t, carry_over: bool = True) -> jax.Array:
+def cross_entropy_loss(code: PrimeCode, logits: ArrayLike, x0: ArrayLike, y_t: ArrayLike,
+                       carry_over: bool = True) -> jax.Array:
   """Unweighted -log p(x0 | y_t) on every token: how the released image models were trained."""
   return -token_log_probs(code, logits, x0, y_t if carry_over else None)

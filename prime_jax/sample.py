@@ -24,27 +24,28 @@ from prime_jax.experiment import Experiment
 
 def sampler_config(config: ml_collections.ConfigDict, seq_positions: int) -> sampling.SamplerConfig:
   """The sampler settings of config.sample; steps = 0 means T = the number of positions."""
-  s = config.sample
-  opt = lambda key: tuple(s.get(key)) if s.get(key) else None
+  sample_cfg = config.sample
+  opt = lambda key: tuple(sample_cfg.get(key)) if sample_cfg.get(key) else None
   return sampling.SamplerConfig(
-      num_steps=s.steps or seq_positions, digit_source=s.digit_source,
-      carry_over=config.diffusion.carry_over, grid=s.grid, t_min=config.diffusion.t_min,
-      temperature=s.temperature, top_p=s.top_p, draw_dtype=s.get("draw_dtype", "float64"),
+      num_steps=sample_cfg.steps or seq_positions, digit_source=sample_cfg.digit_source,
+      carry_over=config.diffusion.carry_over, grid=sample_cfg.grid, t_min=config.diffusion.t_min,
+      temperature=sample_cfg.temperature, top_p=sample_cfg.top_p,
+      draw_dtype=sample_cfg.get("draw_dtype", "float64"),
       temperature_schedule=opt("temperature_schedule"), corrector=opt("corrector"),
-      time_warp=opt("time_warp"), invalid_policy=s.get("invalid_policy", "resample"))
+      time_warp=opt("time_warp"), invalid_policy=sample_cfg.get("invalid_policy", "resample"))
 
 
 def prefix(exp: Experiment, batch: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
   """(fixed_tokens, fixed_mask) from config.sample.prefix (text) or prefix_rows (images)."""
-  s = exp.config.sample
-  if exp.info.kind == "text" and s.prefix:
+  sample_cfg = exp.config.sample
+  if exp.info.kind == "text" and sample_cfg.prefix:
     tok = registry.make_tokenizer(registry.resolved(exp.config.data))
-    ids = np.asarray(tok.encode(s.prefix), np.int64)
+    ids = np.asarray(tok.encode(sample_cfg.prefix), np.int64)
     if exp.info.bos_id is not None and exp.info.eos_id is not None:
       ids = np.concatenate([[exp.info.bos_id], ids])  # Examples are framed BOS ... EOS.
     return sampling.condition_on_prefix(exp.task.code, np.tile(ids, (batch, 1)),
                                         (batch,) + exp.example_shape)
-  rows = s.get("prefix_rows", 0)
+  rows = sample_cfg.get("prefix_rows", 0)
   if exp.info.kind == "image" and rows:
     height = exp.example_shape[0]
     if not 0 < rows < height:
@@ -65,25 +66,26 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise errors.UserError(
         f"config.diffusion.objective={config.diffusion.objective!r}: the causal baseline scores "
         "samples (generative perplexity) and is not sampled from here")
-  s = config.sample
+  sample_cfg = config.sample
   positions = int(np.prod(exp.example_shape))
   sconf = sampler_config(config, positions)
-  fixed_tokens, fixed_mask = prefix(exp, s.batch_size)
+  fixed_tokens, fixed_mask = prefix(exp, sample_cfg.batch_size)
   measure = sample_quality.sample_metrics(config, exp)  # Checked before sampling.
-  step, state = experiment.restore(exp, workdir, s.checkpoint_step)
-  params = state.ema_params if s.use_ema else state.params
+  step, state = experiment.restore(exp, workdir, sample_cfg.checkpoint_step)
+  params = state.ema_params if sample_cfg.use_ema else state.params
   out_dir = os.path.join(workdir, "samples", f"step_{step}")
-  result = draw(exp, params, sconf, s.num_samples, s.batch_size, seed=config.seed + 3,
-                fixed_tokens=fixed_tokens, fixed_mask=fixed_mask, progress=True)
+  result = draw(exp, params, sconf, sample_cfg.num_samples, sample_cfg.batch_size,
+                seed=config.seed + 3, fixed_tokens=fixed_tokens, fixed_mask=fixed_mask,
+                progress=True)
   files = write_samples(exp, result, out_dir)
   summary = {"checkpoint_step": step, "settings": dataclasses.asdict(sconf),
-             "weights": "ema" if s.use_ema else "raw",
+             "weights": "ema" if sample_cfg.use_ema else "raw",
              **{k: v for k, v in result.items() if k != "tokens"}, "files": files}
   if measure is not None:
     summary["quality"] = measure(result["tokens"])
   files["summary"] = writers.write_json(os.path.join(out_dir, "summary.json"), summary)
   if jax.process_index() == 0:
-    print(f"[sample] {s.num_samples} samples, {result['num_calls']} network calls, "
+    print(f"[sample] {sample_cfg.num_samples} samples, {result['num_calls']} network calls, "
           f"{result['num_idle']} idle steps, {result['seconds']:.1f} s -> {out_dir}", flush=True)
     if measure is not None:
       print(f"[sample] quality: {quality_line(summary['quality'])}", flush=True)
@@ -106,9 +108,9 @@ def quality_line(q: dict[str, Any]) -> str:
   return "; ".join(parts)
 
 
-def draw(exp: Experiment, params, sconf: sampling.SamplerConfig, num_samples: int,
-         batch_size: int, seed: int, fixed_tokens=None, fixed_mask=None,
-         progress: bool = False) -> dict[str, Any]:
+def draw(exp: Experiment, params: Any, sconf: sampling.SamplerConfig, num_samples: int,
+         batch_size: int, seed: int, fixed_tokens: Optional[np.ndarray] = None,
+         fixed_mask: Optional[np.ndarray] = None, progress: bool = False) -> dict[str, Any]:
   """Samples in batches; returns tokens (N, ...) and summed calls, idle steps and invalid codes."""
   model = exp.task.model
   apply_fn = lambda p, y, t: model.apply({"params": p}, y, t, train=False)

@@ -74,7 +74,8 @@ def load_scorer(workdir: str, *, use_ema: bool = True, step: int = -1,
   return Scorer(log_prob_fn, run, int(found), workdir)
 
 
-def check_scorer_fits(scorer_run, run, scorer_workdir: str) -> None:
+def check_scorer_fits(scorer_run: experiment.Experiment, run: experiment.Experiment,
+                      scorer_workdir: str) -> None:
   """Raises ValueError unless the scorer shares the sampled model's vocabulary and length."""
   problems = []
   mine, theirs = run.task.code.vocab_size, scorer_run.task.code.vocab_size
@@ -90,7 +91,7 @@ def check_scorer_fits(scorer_run, run, scorer_workdir: str) -> None:
                      "samples: " + "; ".join(problems))
 
 
-def held_out_tokens(run, num: int, split: str = "validation") -> np.ndarray:
+def held_out_tokens(run: experiment.Experiment, num: int, split: str = "validation") -> np.ndarray:
   """The first `num` examples of a held-out split of the run's data (fewer if it is shorter)."""
   loader = data.make_loader(run.config.data, split, batch_size=min(num, 256), shuffle=False,
                             num_epochs=1, drop_remainder=False)
@@ -103,8 +104,8 @@ def held_out_tokens(run, num: int, split: str = "validation") -> np.ndarray:
   return np.concatenate(rows)[:num]
 
 
-def text_quality(scorer: Scorer, tokens, reference=None, *, skip_first: bool = True,
-                 batch_size: int = 64) -> dict[str, Any]:
+def text_quality(scorer: Scorer, tokens: np.ndarray, reference: Optional[np.ndarray] = None, *,
+                 skip_first: bool = True, batch_size: int = 64) -> dict[str, Any]:
   """Generative perplexity and unigram entropy of samples, and of real `reference` data."""
   ppl = text.generative_perplexity(scorer.log_prob_fn, tokens, batch_size=batch_size,
                                    skip_first=skip_first)
@@ -122,44 +123,46 @@ def text_quality(scorer: Scorer, tokens, reference=None, *, skip_first: bool = T
 
 # --- --mode=sample wiring. -----------------------------------------------------------------------
 
-def sample_metrics(config, run) -> Optional[Callable[[np.ndarray], dict[str, Any]]]:
+def sample_metrics(config: ml_collections.ConfigDict, run: experiment.Experiment
+                   ) -> Optional[Callable[[np.ndarray], dict[str, Any]]]:
   """What config.sample asks to measure on samples of `run`: fn(tokens) -> figures, or None.
 
   Loads and checks the scorer, the classifier and the Inception weights (with FID's reference
   statistics) up front, so a bad setting fails before sampling.
   """
-  s = config.sample
+  sample_cfg = config.sample
   parts = []
-  if s.get("scorer_workdir", ""):
+  if sample_cfg.get("scorer_workdir", ""):
     if run.info.kind != "text":
       raise ValueError(f"config.sample.scorer_workdir is set but dataset {run.info.name!r} is "
                        f"{run.info.kind}: generative perplexity is for text samples")
-    scorer = load_scorer(s.scorer_workdir, batch_size=s.batch_size)
-    check_scorer_fits(scorer.run, run, s.scorer_workdir)
-    reference = held_out_tokens(run, s.num_samples)
+    scorer = load_scorer(sample_cfg.scorer_workdir, batch_size=sample_cfg.batch_size)
+    check_scorer_fits(scorer.run, run, sample_cfg.scorer_workdir)
+    reference = held_out_tokens(run, sample_cfg.num_samples)
     parts.append(lambda tokens: text_quality(scorer, tokens, reference,
-                                             batch_size=s.batch_size))
-  if s.get("fd_classifier", ""):
+                                             batch_size=sample_cfg.batch_size))
+  if sample_cfg.get("fd_classifier", ""):
     names = fashion_mnist.FASHION_MNIST_NAMES
     if run.info.name not in names or tuple(run.example_shape) != (28, 28, 1):
       raise ValueError(f"config.sample.fd_classifier is set but dataset {run.info.name!r} is not "
                        f"Fashion-MNIST (one of {names}): the classifier's reference statistics "
                        "are of Fashion-MNIST test images")
     levels = int(config.data.image_levels)
-    fashion_mnist.load_classifier(s.fd_classifier)
-    fashion_mnist.reference_statistics(s.fd_classifier, levels)
+    fashion_mnist.load_classifier(sample_cfg.fd_classifier)
+    fashion_mnist.reference_statistics(sample_cfg.fd_classifier, levels)
     parts.append(lambda tokens: fashion_mnist.fashion_fd(
-        s.fd_classifier, np.stack([run.info.decode(x) for x in tokens]), levels))
-  if s.get("inception_weights", ""):
-    parts.append(_fid_metric(s, run))
+        sample_cfg.fd_classifier, np.stack([run.info.decode(x) for x in tokens]), levels))
+  if sample_cfg.get("inception_weights", ""):
+    parts.append(_fid_metric(sample_cfg, run))
   if not parts:
     return None
   return lambda tokens: {k: v for part in parts for k, v in part(tokens).items()}
 
 
-def _fid_metric(s, run) -> Callable[[np.ndarray], dict[str, Any]]:
+def _fid_metric(sample_cfg: ml_collections.ConfigDict,
+                run: experiment.Experiment) -> Callable[[np.ndarray], dict[str, Any]]:
   """Checks config.sample's Inception settings and gets the reference statistics up front."""
-  weights = s.inception_weights
+  weights = sample_cfg.inception_weights
   field = f"config.sample.inception_weights={weights!r}"
   if run.info.kind != "image":
     raise ValueError(f"config.sample.inception_weights is set but dataset {run.info.name!r} is "
@@ -170,12 +173,12 @@ def _fid_metric(s, run) -> Callable[[np.ndarray], dict[str, Any]]:
     fid_lib.load_inception(weights)
   except (OSError, ValueError) as e:
     raise ValueError(f"{field} cannot be used: {e}") from e
-  ref = s.get("inception_reference", "train")
+  ref = sample_cfg.get("inception_reference", "train")
   if ref.endswith(".npz"):
     reference = fid_lib.load_fid_statistics(ref, f"config.sample.inception_reference={ref!r}")
     described = ref
   elif ref in run.info.splits:
-    num = int(s.get("inception_reference_examples", 0))
+    num = int(sample_cfg.get("inception_reference_examples", 0))
     reference = fid_lib.inception_reference_statistics(weights, run.config.data, ref, num,
                                                        fid_lib.INCEPTION_BATCH)
     described = (f"{run.info.name} {ref} split ({num or 'all'} images) at "

@@ -1,7 +1,8 @@
 """Masking schedules α_t (probability a sub-token is still visible at time t) and time sampling.
 
 Time runs from t=0 (data, α≈1) to t=1 (all masked, α≈0). Each schedule gives α_t, α'_t and the
-ELBO weight w(t) = -α'_t / (1 - α_t) that multiplies the masked cross-entropy.
+ELBO weight w(t) = -α'_t / (1 - α_t) that multiplies the masked cross-entropy. t may be a float
+or an array of any shape; a result built from arithmetic alone keeps t's kind (NumPy stays NumPy).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,13 +21,13 @@ class LogLinear:
 
   eps: float = 1e-3
 
-  def alpha(self, t):
+  def alpha(self, t: ArrayLike) -> ArrayLike:
     return 1.0 - (1.0 - self.eps) * t
 
-  def dalpha(self, t):
+  def dalpha(self, t: ArrayLike) -> jax.Array:
     return -(1.0 - self.eps) * jnp.ones_like(t)
 
-  def weight(self, t):
+  def weight(self, t: ArrayLike) -> ArrayLike:
     return 1.0 / t
 
 
@@ -35,13 +37,13 @@ class Polynomial:
 
   power: float = 3.0
 
-  def alpha(self, t):
+  def alpha(self, t: ArrayLike) -> ArrayLike:
     return (1.0 - t) ** self.power
 
-  def dalpha(self, t):
+  def dalpha(self, t: ArrayLike) -> ArrayLike:
     return -self.power * (1.0 - t) ** (self.power - 1.0)
 
-  def weight(self, t):
+  def weight(self, t: ArrayLike) -> jax.Array:
     # 1 - (1-t)^n computed without cancellation near t = 0.
     one_minus_alpha = -jnp.expm1(self.power * jnp.log1p(-t))
     return self.power * (1.0 - t) ** (self.power - 1.0) / one_minus_alpha
@@ -51,13 +53,13 @@ class Polynomial:
 class Cosine:
   """MD4's cosine schedule α_t = 1 - cos(π/2 · (1-t))."""
 
-  def alpha(self, t):
+  def alpha(self, t: ArrayLike) -> jax.Array:
     return 1.0 - jnp.cos(0.5 * math.pi * (1.0 - t))
 
-  def dalpha(self, t):
+  def dalpha(self, t: ArrayLike) -> jax.Array:
     return -0.5 * math.pi * jnp.sin(0.5 * math.pi * (1.0 - t))
 
-  def weight(self, t):
+  def weight(self, t: ArrayLike) -> jax.Array:
     return 0.5 * math.pi * jnp.tan(0.5 * math.pi * (1.0 - t))
 
 

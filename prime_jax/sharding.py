@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from prime_jax import config as config_lib
 
@@ -17,7 +17,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
-def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None):
+def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> Mesh:
   """A mesh over all (or the given) devices with sizes from config.mesh (-1 fills)."""
   devices = list(devices if devices is not None else jax.devices())
   shape = config_lib.resolve_mesh_shape(config.mesh, len(devices))
@@ -30,21 +30,22 @@ def rules(config: ml_collections.ConfigDict) -> tuple:
 
 
 @contextlib.contextmanager
-def activate(mesh, axis_rules):
+def activate(mesh: Mesh, axis_rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
   """Mesh and logical rules in force while tracing, so activation constraints resolve."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
     yield
 
 
-def batch_sharding(mesh) -> NamedSharding:
+def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def replicated(mesh) -> NamedSharding:
+def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def tree_shardings(boxed_abstract_tree, mesh, axis_rules):
+def tree_shardings(boxed_abstract_tree: Any, mesh: Mesh,
+                   axis_rules: Sequence[tuple[str, Any]]) -> Any:
   """Shardings for a tree whose parameter leaves carry logical boxes; unboxed leaves replicate.
 
   A dimension that a rule would split unevenly (an embedding table of b+1 rows, say) stays whole.

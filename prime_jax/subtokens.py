@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 
 def smallest_base(vocab_size: int, ell: int) -> int:
@@ -79,7 +80,7 @@ class PrimeCode:
     """(C, ℓ) int32 array: row x holds the digits of token x."""
     return np.asarray(self.encode(np.arange(self.vocab_size)), np.int32)
 
-  def encode(self, tokens):
+  def encode(self, tokens: ArrayLike) -> np.ndarray | jax.Array:
     """(...,) tokens in [0, C) -> (..., ℓ) digits. Raises ValueError on concrete out-of-range input."""
     _check_range(tokens, self.vocab_size, "tokens")
     xp = np if isinstance(tokens, np.ndarray) else jnp
@@ -87,7 +88,7 @@ class PrimeCode:
     powers = xp.asarray(self._powers, dtype=tokens.dtype)
     return (tokens[..., None] // powers) % self.base
 
-  def decode(self, digits):
+  def decode(self, digits: ArrayLike) -> np.ndarray | jax.Array:
     """(..., ℓ) digits in [0, b) -> (...,) integers in [0, b**ℓ); codes >= C are invalid."""
     xp = np if isinstance(digits, np.ndarray) else jnp
     digits = xp.asarray(digits)
@@ -96,7 +97,7 @@ class PrimeCode:
     powers = xp.asarray(self._powers, dtype=digits.dtype)
     return (digits * powers).sum(-1)
 
-  def is_valid(self, digits):
+  def is_valid(self, digits: ArrayLike) -> np.ndarray | jax.Array:
     """(..., ℓ) -> (...,) bool: no digit masked or out of range, and the code decodes below C."""
     xp = np if isinstance(digits, np.ndarray) else jnp
     digits = xp.asarray(digits)
@@ -107,7 +108,7 @@ class PrimeCode:
     return f"PrimeCode(vocab_size={self.vocab_size}, ell={self.ell}, base={self.base})"
 
 
-def _check_range(values, upper: int, name: str) -> None:
+def _check_range(values: ArrayLike, upper: int, name: str) -> None:
   """Raises ValueError when concrete values fall outside [0, upper); tracers pass through."""
   if isinstance(values, jax.core.Tracer):
     return

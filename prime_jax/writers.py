@@ -35,22 +35,22 @@ class _TensorboardX:
   def __init__(self, writer):
     self._w = writer
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     for k, v in scalars.items():
       self._w.add_scalar(k, float(v), step)
 
-  def write_texts(self, step: int, texts: Mapping[str, str]):
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     for k, v in texts.items():
       self._w.add_text(k, v, step)
 
-  def write_images(self, step: int, images: Mapping[str, Any]):
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     for k, v in images.items():
       self._w.add_images(k, np.asarray(v), step, dataformats="NHWC")
 
-  def flush(self):
+  def flush(self) -> None:
     self._w.flush()
 
-  def close(self):
+  def close(self) -> None:
     self._w.close()
 
 
@@ -62,7 +62,7 @@ class MetricWriter:
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard")) if enabled else None
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     row = {"step": int(step), "time": time.time(),
@@ -72,19 +72,19 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.write_scalars(step, scalars)
 
-  def write_texts(self, step: int, texts: Mapping[str, str]):
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     if self.enabled and self._tb is not None:
       self._tb.write_texts(step, texts)
 
-  def write_images(self, step: int, images: Mapping[str, Any]):
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     if self.enabled and self._tb is not None:
       self._tb.write_images(step, images)
 
-  def flush(self):
+  def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()
 
-  def close(self):
+  def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
 

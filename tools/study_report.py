@@ -73,12 +73,12 @@ def render(results: dict[str, Any], results_path: str, plot_files: dict[str, str
 
 def _table_sections(results: dict[str, Any]) -> list[str]:
   """The five tables, each with its heading and the prose that says how to read it."""
-  t = tables(results)
+  tables_by_id = tables(results)
   return [
       "## Text: Shakespeare bytes (held-out plays)",
       "",
       "<!-- table: text -->",
-      markdown_table(*t["text"]),
+      markdown_table(*tables_by_id["text"]),
       "",
       "gen-ppl: perplexity of the samples (T = L, one sample per batch) under the study's own "
       "AR run (`text_ar`), first byte left out; unigram entropy: mean entropy of each sample's "
@@ -87,7 +87,7 @@ def _table_sections(results: dict[str, Any]) -> list[str]:
       "## Images: Fashion-MNIST (test images)",
       "",
       "<!-- table: image -->",
-      markdown_table(*t["image"]),
+      markdown_table(*tables_by_id["image"]),
       "",
       "FD: Fréchet distance on the features of the project's Fashion-MNIST classifier "
       f"(`prime_jax/quality/fashion_mnist.py`{_classifier_note(results)}), samples against the "
@@ -100,7 +100,7 @@ def _table_sections(results: dict[str, Any]) -> list[str]:
       "sequences as there are samples with the same AR model.",
       "",
       "<!-- table: quality -->",
-      markdown_table(*t["quality"]),
+      markdown_table(*tables_by_id["quality"]),
       "",
       "## Idle steps and network calls with T = L",
       "",
@@ -111,12 +111,12 @@ def _table_sections(results: dict[str, Any]) -> list[str]:
       "on the network, so runs with the same ℓ and seed show the same counts.",
       "",
       "<!-- table: idle -->",
-      markdown_table(*t["idle"]),
+      markdown_table(*tables_by_id["idle"]),
       "",
       "## Budget and wall time",
       "",
       "<!-- table: budget -->",
-      markdown_table(*t["budget"]),
+      markdown_table(*tables_by_id["budget"]),
       "",
       _budget_line(results),
       "",

@@ -8,16 +8,19 @@ tokenizer libraries load only when a loader or tokenizer is built.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from prime_jax.data.registry import (DatasetInfo, KNOWN_DATASETS, check_compatible,
                                      dataset_info, default_config)
+
+if TYPE_CHECKING:
+  import grain
 
 
 def make_loader(config: Any, split: str = "train", *, batch_size: int, seed: int = 0,
                 shuffle: bool = True, num_epochs: Optional[int] = None,
                 process_index: Optional[int] = None, process_count: Optional[int] = None,
-                drop_remainder: bool = True):
+                drop_remainder: bool = True) -> grain.DataLoader:
   """A grain DataLoader of {'tokens': int32 (batch_size, *example_shape)} batches.
 
   See `prime_jax.data.pipeline.make_loader`; imported lazily because it loads grain.

@@ -77,7 +77,8 @@ class DatasetInfo:
   splits: tuple = ()
 
 
-def default_config(name: str = "shakespeare_bytes", **overrides) -> ml_collections.ConfigDict:
+def default_config(name: str = "shakespeare_bytes",
+                   **overrides: Any) -> ml_collections.ConfigDict:
   """A data config with every field this package reads, set to the dataset's defaults."""
   spec_of(name)
   config = ml_collections.ConfigDict(dict(

@@ -9,7 +9,7 @@ in the operations, so grain's worker processes share it.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import grain
 import numpy as np
@@ -92,7 +92,7 @@ def _backend_split(spec: registry.Spec, name: str, split: str) -> str:
   return spec.splits[split]
 
 
-def tfds_source(tfds_name: str, split: str, data_dir: Optional[str]):
+def tfds_source(tfds_name: str, split: str, data_dir: Optional[str]) -> Sequence[Any]:
   """`tfds.data_source` without downloading; missing data names the command that builds it."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:

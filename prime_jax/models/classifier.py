@@ -7,6 +7,7 @@ that Inception plays in FID, with no download needed.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -18,7 +19,7 @@ class ImageClassifier(nn.Module):
   channels: tuple[int, ...] = (32, 64)
 
   @nn.compact
-  def __call__(self, images, return_features: bool = False):
+  def __call__(self, images: jax.Array, return_features: bool = False) -> jax.Array:
     """uint8 or float images (N, H, W, C) in [0, 255] -> logits (N, classes) or features."""
     x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
     for ch in self.channels:

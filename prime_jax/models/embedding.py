@@ -1,4 +1,8 @@
-"""The Prime input embedding: ℓ sub-token digits (values 0..b, b = mask) -> one feature vector."""
+"""The Prime input embedding: ℓ sub-token digits (values 0..b, b = mask) -> one feature vector.
+
+Shape suffixes: l the ℓ digit positions, V the b+1 digit values (row b is the mask), F the width
+of one digit's embedding.
+"""
 
 from __future__ import annotations
 

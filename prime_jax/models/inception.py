@@ -6,6 +6,9 @@ blocks, whose 3×3 average pools ignore padding and whose last block max-pools. 
 are resized to 299×299 (bilinear, half-pixel centres, no antialiasing) and scaled to [-1, 1];
 the output is the 2048-d average of the last feature map. `variables_from_torch` maps the
 PyTorch state dict onto the Flax variables.
+
+Shape suffixes are XLA's convolution letters: B batch, H and W height and width, C channels, and
+a kernel's HWIO (height, width, input and output channels).
 """
 
 from __future__ import annotations

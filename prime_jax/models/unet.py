@@ -7,6 +7,10 @@ Output: C = code.vocab_size logits per pixel channel.
 
 Dtype policy: parameters in `param_dtype`; convolutions and attention in `dtype`; GroupNorm,
 FiLM and the residual additions in float32; logits in `logits_dtype`.
+
+Shape suffixes: B batch, H and W height and width, K the channels of a pixel, l its ℓ digits,
+C the vocabulary, D feature channels, F the conditioning vector's width (cond_dim), and in
+attention L = H·W positions, N heads of E = head_dim features.
 """
 
 from __future__ import annotations
@@ -47,13 +51,13 @@ class Conv2D(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    k, cin = self.kernel, x_BHWC.shape[-1]
+  def __call__(self, x_BHWD: jax.Array) -> jax.Array:
+    k, cin = self.kernel, x_BHWD.shape[-1]
     kernel = self.param("kernel", logical(zeros_init if self.zero else conv_init, CONV_AXES),
                         (k, k, cin, self.features), self.param_dtype)
     bias = self.param("bias", logical(zeros_init, ("conv_out",)), (self.features,),
                       self.param_dtype)
-    x, kernel = x_BHWC.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = x_BHWD.astype(self.dtype), kernel.astype(self.dtype)
     pad = k // 2
     impl = self.impl
     if impl == "auto":
@@ -109,13 +113,13 @@ class ResBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWD: jax.Array, c_BC: jax.Array) -> jax.Array:
+  def __call__(self, x_BHWD: jax.Array, c_BF: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.silu(GroupNorm(self.num_groups, self.param_dtype, name="norm_in")(x_BHWD))
     h = _conv(self.features, 3, name="conv_in", **kw)(h)
     shift, scale = (m[:, None, None, :] for m in Modulation(
         2, self.features, feature_axis="conv_out", param_dtype=self.param_dtype,
-        name="film")(c_BC))
+        name="film")(c_BF))
     h = modulate(GroupNorm(self.num_groups, self.param_dtype, name="norm_out")(h), shift, scale)
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(nn.silu(h))
     h = _conv(self.features, 3, zero=True, name="conv_out", **kw)(h)
@@ -146,9 +150,9 @@ class AttentionBlock(nn.Module):
     q = DenseGeneral(name="query", **qkv_kw)(h_BLD)
     k = DenseGeneral(name="key", **qkv_kw)(h_BLD)
     v = DenseGeneral(name="value", **qkv_kw)(h_BLD)
-    a_BLNH = dot_product_attention(q, k, v, impl=self.attention_impl)
+    a_BLNE = dot_product_attention(q, k, v, impl=self.attention_impl)
     out_BLD = DenseGeneral((d,), ("heads", "kv", "embed"), ("embed",), num_in_axes=2,
-                           zero_init=True, name="out", **kw)(a_BLNH)
+                           zero_init=True, name="out", **kw)(a_BLNE)
     return x_BHWD.astype(jnp.float32) + out_BLD.reshape(b, hh, ww, d).astype(jnp.float32)
 
 
@@ -253,7 +257,7 @@ class PrimeUNet(nn.Module):
                        combine=self.combine, dtype=jnp.float32, param_dtype=self.param_dtype,
                        name="embed")(y_BHWKl)
     h = e.reshape(b, height, width, k * self.embedding_features)
-    c_BC = Conditioning(self.cond_dim, self.time_conditioning, param_dtype=self.param_dtype,
+    c_BF = Conditioning(self.cond_dim, self.time_conditioning, param_dtype=self.param_dtype,
                         name="cond")(t_B, b)
 
     if self.input_conv:
@@ -262,7 +266,7 @@ class PrimeUNet(nn.Module):
     for level, m in enumerate(self.ch_mult):
       res = height // 2**level
       for i in range(self.num_res_blocks):
-        h = ResBlock(self.ch * m, name=f"down_{level}_res_{i}", **res_kw)(h, c_BC)
+        h = ResBlock(self.ch * m, name=f"down_{level}_res_{i}", **res_kw)(h, c_BF)
         if res in self.attn_resolutions:
           h = AttentionBlock(name=f"down_{level}_attn_{i}", **attn_kw)(h)
         h = constrain(h, ACTIVATION_AXES)
@@ -274,15 +278,15 @@ class PrimeUNet(nn.Module):
           h = nn.avg_pool(h, (2, 2), strides=(2, 2))
         skips.append(h)
 
-    h = ResBlock(h.shape[-1], name="mid_res_0", **res_kw)(h, c_BC)
+    h = ResBlock(h.shape[-1], name="mid_res_0", **res_kw)(h, c_BF)
     h = AttentionBlock(name="mid_attn", **attn_kw)(h)
-    h = ResBlock(h.shape[-1], name="mid_res_1", **res_kw)(h, c_BC)
+    h = ResBlock(h.shape[-1], name="mid_res_1", **res_kw)(h, c_BF)
 
     for level in reversed(range(len(self.ch_mult))):
       res = height // 2**level
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h.astype(jnp.float32), skips.pop().astype(jnp.float32)], axis=-1)
-        h = ResBlock(self.ch * self.ch_mult[level], name=f"up_{level}_res_{i}", **res_kw)(h, c_BC)
+        h = ResBlock(self.ch * self.ch_mult[level], name=f"up_{level}_res_{i}", **res_kw)(h, c_BF)
         if res in self.attn_resolutions:
           h = AttentionBlock(name=f"up_{level}_attn_{i}", **attn_kw)(h)
         h = constrain(h, ACTIVATION_AXES)

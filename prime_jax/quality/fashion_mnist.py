@@ -35,7 +35,8 @@ def fashion_mnist_labels(split: str) -> np.ndarray:
                                           f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int32)
 
 
-def classifier_accuracy(params, images, labels, batch_size: int = 1000) -> float:
+def classifier_accuracy(params: Any, images: np.ndarray, labels: np.ndarray,
+                        batch_size: int = 1000) -> float:
   """Top-1 accuracy of the classifier on uint8 images (N, 28, 28, 1)."""
   logits = _classifier_apply(params, images, batch_size, return_features=False)
   return float((logits.argmax(-1) == np.asarray(labels)).mean())
@@ -118,7 +119,8 @@ def _classifier_fn(width: int, return_features: bool):
   return jax.jit(lambda p, x: model.apply({"params": p}, x, return_features=return_features))
 
 
-def _classifier_apply(params, images, batch_size: int = 1000, *, return_features: bool = True):
+def _classifier_apply(params: Any, images: np.ndarray, batch_size: int = 1000, *,
+                      return_features: bool = True) -> np.ndarray:
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
     raise ValueError(f"the classifier takes images of shape (N, 28, 28, 1), got {images.shape}")
@@ -126,7 +128,7 @@ def _classifier_apply(params, images, batch_size: int = 1000, *, return_features
   return frechet.in_batches(fn, params, images, batch_size)
 
 
-def classifier_features(params, images, batch_size: int = 1000) -> np.ndarray:
+def classifier_features(params: Any, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
   """Penultimate-layer features (N, D) of uint8 images (N, 28, 28, 1)."""
   return _classifier_apply(params, images, batch_size, return_features=True)
 
@@ -151,7 +153,7 @@ def reference_statistics(classifier_path: str, levels: int = 256) -> tuple[np.nd
   return frechet.cached_statistics(cache, compute)
 
 
-def fashion_fd(classifier_path: str, images, levels: int = 256) -> dict[str, Any]:
+def fashion_fd(classifier_path: str, images: np.ndarray, levels: int = 256) -> dict[str, Any]:
   """Fréchet distance between uint8 images (N, 28, 28, 1) and the Fashion-MNIST test set.
 
   Small N biases it upwards (the covariance is estimated from N samples): compare like with like.

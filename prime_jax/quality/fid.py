@@ -10,6 +10,7 @@ import functools
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from prime_jax import data, torch_state
@@ -30,13 +31,13 @@ def missing_weights(path: str, field: str = "the Inception weights") -> FileNotF
 
 
 @functools.lru_cache(maxsize=2)
-def _inception_variables(path: str, mtime_ns: int, size: int):
+def _inception_variables(path: str, mtime_ns: int, size: int) -> dict:
   del mtime_ns, size  # Cache keys: a rewritten file is read again.
   variables = inception.variables_from_torch(torch_state.load_state_dict(path), source=path)
   return jax.device_put(variables)
 
 
-def load_inception(path: str):
+def load_inception(path: str) -> dict:
   """The Flax variables of the FID Inception from pytorch-fid's weights file (cached per file).
 
   A missing file names the download; an unreadable or different file raises ValueError.
@@ -53,7 +54,7 @@ def _inception_fn():
   return jax.jit(lambda v, x: model.apply(v, x.astype("float32") / 255.0))
 
 
-def inception_features(weights_path: str, images_uint8,
+def inception_features(weights_path: str, images_uint8: np.ndarray,
                        batch_size: int = INCEPTION_BATCH) -> np.ndarray:
   """pool3 features (N, 2048) of uint8 images (N, H, W, 1 or 3), as pytorch-fid computes them.
 
@@ -92,7 +93,8 @@ def load_fid_statistics(path: str,
   return mu, sigma
 
 
-def dataset_images(data_config, split: str, num: int = 0, batch_size: int = 256) -> np.ndarray:
+def dataset_images(data_config: ml_collections.ConfigDict, split: str, num: int = 0,
+                   batch_size: int = 256) -> np.ndarray:
   """uint8 images (N, H, W, C) of a split of an image dataset (the first `num`; 0 = all), at the
   config's image_levels, as the project's loader serves them."""
   info = data.dataset_info(data_config)
@@ -111,7 +113,7 @@ def dataset_images(data_config, split: str, num: int = 0, batch_size: int = 256)
 
 
 def inception_reference_statistics(
-    weights_path: str, data_config, split: str = "train", num: int = 0,
+    weights_path: str, data_config: ml_collections.ConfigDict, split: str = "train", num: int = 0,
     batch_size: int = INCEPTION_BATCH) -> tuple[np.ndarray, np.ndarray]:
   """Inception feature mean and covariance of a split's images, cached beside the weights.
 
@@ -126,7 +128,7 @@ def inception_reference_statistics(
       weights_path, dataset_images(data_config, split, num), batch_size)))
 
 
-def fid(weights_path: str, images_uint8, reference: tuple[np.ndarray, np.ndarray],
+def fid(weights_path: str, images_uint8: np.ndarray, reference: tuple[np.ndarray, np.ndarray],
         batch_size: int = INCEPTION_BATCH) -> float:
   """FID of uint8 images (N, H, W, C) against reference (mu, sigma) of pool3 features.
 

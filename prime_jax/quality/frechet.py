@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 
-def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(N, D) features -> mean (D,) and unbiased covariance (D, D), in float64."""
   features = np.asarray(features, np.float64)
   if features.ndim != 2 or len(features) < 2:
@@ -34,7 +34,8 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
   return (eigvec * np.sqrt(_drop_round_off(eigval))) @ eigvec.T
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
   """||μ1 - μ2||² + tr(Σ1 + Σ2 - 2 (Σ1^½ Σ2 Σ1^½)^½): the Fréchet distance of two Gaussians.
 
   tr((Σ1 Σ2)^½) is taken through the symmetric form, so only symmetric eigen-solves are needed;

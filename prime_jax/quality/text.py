@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 
-def generative_perplexity(log_prob_fn: Callable[[np.ndarray], np.ndarray], tokens,
+def generative_perplexity(log_prob_fn: Callable[[np.ndarray], np.ndarray], tokens: np.ndarray,
                           *, batch_size: int = 64, skip_first: bool = True) -> dict[str, float]:
   """exp of the mean NLL of samples under an autoregressive model.
 
@@ -33,7 +33,7 @@ def generative_perplexity(log_prob_fn: Callable[[np.ndarray], np.ndarray], token
   return {"gen_ppl": math.exp(nats), "nats_per_token": nats, "num_tokens": count}
 
 
-def unigram_entropy(tokens) -> float:
+def unigram_entropy(tokens: np.ndarray) -> float:
   """Mean over samples of the entropy (nats) of each sample's token histogram; low values flag
   repetitive samples that a low generative perplexity can hide."""
   tokens = np.asarray(tokens)

@@ -3,19 +3,21 @@ positions), built and checked on the host."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from prime_jax.subtokens import PrimeCode
 
 
-def _concrete(x) -> bool:
+def _concrete(x: Optional[ArrayLike]) -> bool:
   return x is not None and not isinstance(x, jax.core.Tracer)
 
 
-def check_fixed(code: PrimeCode, shape: Sequence[int], fixed_tokens, fixed_mask) -> None:
+def check_fixed(code: PrimeCode, shape: Sequence[int], fixed_tokens: Optional[ArrayLike],
+                fixed_mask: Optional[ArrayLike]) -> None:
   """Raises ValueError for fixed tokens that do not fit `shape` or lie outside [0, C)."""
   if (fixed_tokens is None) != (fixed_mask is None):
     raise ValueError("fixed_tokens and fixed_mask must be given together")
@@ -36,7 +38,7 @@ def check_fixed(code: PrimeCode, shape: Sequence[int], fixed_tokens, fixed_mask)
                        f"vocabulary [0, {code.vocab_size})")
 
 
-def condition_on_prefix(code: PrimeCode, prefix, shape: Sequence[int]
+def condition_on_prefix(code: PrimeCode, prefix: ArrayLike, shape: Sequence[int]
                         ) -> tuple[np.ndarray, np.ndarray]:
   """A prefix (n,) shared by the batch, or (B, n), held fixed -> (fixed_tokens, fixed_mask).
 

@@ -1,6 +1,9 @@
 """Categorical draws of a step's proposed digits: Gumbel races over blocks of the digit grid, with
 exact top-p (nucleus) rejection rounds and noise keyed by position so a draw does not depend on
-which other positions are drawn with it."""
+which other positions are drawn with it.
+
+Shape suffixes: R the rows drawn (any leading axes), O the blocks of a race, I the entries of a
+block."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from prime_jax import objectives
 from prime_jax.objectives import NEG_INF
@@ -48,7 +52,7 @@ def _race(logits: jax.Array, noise: jax.Array) -> jax.Array:
   return jnp.where(scores == best, jnp.arange(size, dtype=jnp.int32), size).min(-1)
 
 
-def _row_noise(key: jax.Array, row_ids: jax.Array, width: int, dtype) -> jax.Array:
+def _row_noise(key: jax.Array, row_ids: jax.Array, width: int, dtype: DTypeLike) -> jax.Array:
   """(*R, width) Gumbel noise; row r's comes from fold_in(key, row_ids[r]) alone."""
   keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids.reshape(-1))
   noise = jax.vmap(lambda k: jax.random.gumbel(k, (width,), dtype))(keys)
@@ -137,8 +141,9 @@ def _joint_blocks(code: PrimeCode, scaled: jax.Array, y: jax.Array, carry_over: 
 
 
 def draw_digits(key: jax.Array, code: PrimeCode, logits: jax.Array, y: jax.Array,
-                temperature, *, digit_source: str, carry_over: bool, top_p: float = 1.0,
-                draw_dtype=jnp.float32, row_ids: Optional[jax.Array] = None) -> jax.Array:
+                temperature: ArrayLike, *, digit_source: str, carry_over: bool,
+                top_p: float = 1.0, draw_dtype: DTypeLike = jnp.float32,
+                row_ids: Optional[jax.Array] = None) -> jax.Array:
   """(…, C) logits and sub-tokens y (…, ℓ) -> (…, ℓ) proposed digits for every sub-token.
 
   joint: the digits of one token x̂ ~ p(· | y); marginal: each digit from its own marginal μ^j.

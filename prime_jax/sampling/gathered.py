@@ -1,6 +1,9 @@
 """Draws at a step's revealed positions only: the examples of one device gather their revealed
 positions and draw for them a fixed number at a time, so a step's work follows what it reveals
-rather than the sequence length. A sharded batch gathers on each device separately."""
+rather than the sequence length. A sharded batch gathers on each device separately.
+
+Shape suffixes: B batch, P the token-position axes, l the ℓ digits of a token, C vocabulary,
+R the rows (positions) of one device's examples, S the `slots` rows drawn in one round."""
 
 from __future__ import annotations
 

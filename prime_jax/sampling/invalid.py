@@ -1,4 +1,8 @@
-"""What a finished walk does with codes that decode to no token (>= C): re-draw, clip or keep."""
+"""What a finished walk does with codes that decode to no token (>= C): re-draw, clip or keep.
+
+Shape suffixes: B batch, P the token-position axes, l the ℓ digits of a token, C vocabulary,
+K the sampler's T+1 steps.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The sampling loop: one `jax.lax.fori_loop` over the time grid, then the invalid-code policy."""
+"""The sampling loop: one `jax.lax.fori_loop` over the time grid, then the invalid-code policy.
+
+Shape suffixes: B batch, P the token-position axes, l the ℓ digits of a token, C vocabulary,
+K the T+1 steps (the grid's T and the final fill), S the rows of one round of a gathered draw.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from prime_jax.sampling.conditioning import check_fixed
 from prime_jax.sampling.draws import draw_digits
@@ -63,8 +68,8 @@ class _Carry(NamedTuple):
   called_K: jax.Array
 
 
-def _initial_digits(code: PrimeCode, shape: tuple[int, ...], fixed_tokens, fixed_mask
-                    ) -> tuple[jax.Array, jax.Array]:
+def _initial_digits(code: PrimeCode, shape: tuple[int, ...], fixed_tokens: Optional[ArrayLike],
+                    fixed_mask: Optional[ArrayLike]) -> tuple[jax.Array, jax.Array]:
   """(y (B, *P, ℓ) all masked but the fixed tokens' digits, free (B, *P, 1) not fixed)."""
   y_BPl = jnp.full(shape + (code.ell,), code.mask_value, jnp.int32)
   if fixed_tokens is None:
@@ -170,7 +175,8 @@ def _step(walk: _Walk, key: jax.Array, free_BP1: jax.Array, k: jax.Array, carry:
 
 def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Schedule,
            shape: Sequence[int], config: SamplerConfig = SamplerConfig(), *,
-           time_agnostic: bool, fixed_tokens=None, fixed_mask=None,
+           time_agnostic: bool, fixed_tokens: Optional[ArrayLike] = None,
+           fixed_mask: Optional[ArrayLike] = None,
            batch_sharding: Optional[jax.sharding.NamedSharding] = None,
            progress_fn: Optional[Callable[[Any], None]] = None) -> SampleResult:
   """Draws samples of token shape (B, *P); traceable, so wrap it in jax.jit (see make_sample_fn).
@@ -205,7 +211,8 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
 def make_sample_fn(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], code: PrimeCode,
                    schedule: Schedule, shape: Sequence[int],
                    config: SamplerConfig = SamplerConfig(), *, time_agnostic: bool,
-                   batch_sharding: Optional[jax.sharding.NamedSharding] = None):
+                   batch_sharding: Optional[jax.sharding.NamedSharding] = None
+                   ) -> Callable[..., SampleResult]:
   """Returns `fn(params, key, fixed_tokens=None, fixed_mask=None) -> SampleResult`, jitted once.
 
   `apply_fn(params, y, t)` gives the logits. Fixed tokens are checked on the host before the
@@ -214,12 +221,14 @@ def make_sample_fn(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], c
   shape = tuple(int(s) for s in shape)
 
   @jax.jit
-  def run(params, key, fixed_tokens, fixed_mask):
+  def run(params: Any, key: jax.Array, fixed_tokens: ArrayLike, fixed_mask: ArrayLike
+          ) -> SampleResult:
     return sample(key, lambda y, t: apply_fn(params, y, t), code, schedule, shape, config,
                   time_agnostic=time_agnostic, fixed_tokens=fixed_tokens, fixed_mask=fixed_mask,
                   batch_sharding=batch_sharding)
 
-  def fn(params, key, fixed_tokens=None, fixed_mask=None):
+  def fn(params: Any, key: jax.Array, fixed_tokens: Optional[ArrayLike] = None,
+         fixed_mask: Optional[ArrayLike] = None) -> SampleResult:
     check_fixed(code, shape, fixed_tokens, fixed_mask)
     if fixed_tokens is None:
       fixed_tokens = np.zeros(shape, np.int32)
