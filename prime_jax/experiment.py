@@ -107,7 +107,7 @@ def make_train_step(exp: Experiment) -> Callable:
   return _on_mesh(exp, jitted)
 
 
-def denoiser(exp: Experiment, params) -> Callable:
+def denoiser(exp: Experiment, params: Any) -> Callable:
   """`(y, t) -> logits` of the model at `params`, deterministic (no dropout)."""
   return lambda y, t: exp.task.model.apply({"params": params}, y, t, train=False)
 

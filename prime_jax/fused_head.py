@@ -6,6 +6,8 @@ without carry-over), (b) the clean token's logit, and (c) for each digit j, the 
 whose digit j equals the clean digit — the masked-digit marginal μ^j(x0_j) is (c_j) / (a). Every
 objective in `objectives` is a simple function of these `HeadStats`; a custom VJP recomputes each
 chunk's logits in the backward pass. Values equal `objectives.*` on `h @ W + b`.
+Shape letters: N tokens (batch and positions flattened), D width, C vocabulary, K chunk width,
+ℓ digits.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ _MIN_MARGINAL = 1e-37
 
 
 class HeadStats(NamedTuple):
-  """Per-token statistics of the head's logits z, restricted to the consistent set K.
+  """Per-token statistics of the head's logits z, restricted to the consistent set A(y).
 
-  log_z (...,): log Σ_{c∈K} e^{z_c}. target (...,): z_{x0}. log_hit (..., ℓ) (or (..., 0) when
-  not asked for): log Σ_{c∈K, c_j = x0_j} e^{z_c}, at least log_z + log 1e-37.
+  log_z (...,): log Σ_{c∈A} e^{z_c}. target (...,): z_{x0}. log_hit (..., ℓ) (or (..., 0) when
+  not asked for): log Σ_{c∈A, c_j = x0_j} e^{z_c}, at least log_z + log 1e-37.
   """
 
   log_z: jax.Array
@@ -174,7 +176,8 @@ def _check(code: PrimeCode, h, kernel_DC, bias_C, x0, y, chunk_size) -> None:
                      f"got {y.shape}")
 
 
-def head_stats(code: PrimeCode, h, kernel_DC, bias_C, x0, y=None, *,
+def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.Array,
+               x0: jax.Array, y: Optional[jax.Array] = None, *,
                chunk_size: int = DEFAULT_CHUNK_SIZE, with_hits: bool = True,
                compute_dtype: Optional[Any] = None) -> HeadStats:
   """`HeadStats` of the logits h @ kernel + bias (h: (..., D)), restricted by y (..., ℓ) if given.
@@ -202,7 +205,8 @@ def _time_weight(schedule: Schedule, t, ndim: int) -> jax.Array:
   return w.reshape(w.shape + (1,) * (ndim - w.ndim))
 
 
-def losses_from_stats(code: PrimeCode, schedule: Schedule, stats: HeadStats, y_t, t) -> dict:
+def losses_from_stats(code: PrimeCode, schedule: Schedule, stats: HeadStats, y_t: jax.Array,
+                      t: jax.Array) -> dict:
   """Per-token 'valid', 'joint' and 'cross_entropy' losses, as the `losses` registry's token losses give.
 
   All three come from one pass of the head: train on one, stop_gradient the others for metrics.
@@ -218,7 +222,8 @@ def losses_from_stats(code: PrimeCode, schedule: Schedule, stats: HeadStats, y_t
   return out
 
 
-def token_log_probs(code: PrimeCode, h, kernel_DC, bias_C, x0, y=None, *,
+def token_log_probs(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.Array,
+                    x0: jax.Array, y: Optional[jax.Array] = None, *,
                     chunk_size: int = DEFAULT_CHUNK_SIZE,
                     compute_dtype: Optional[Any] = None) -> jax.Array:
   """(...,) log p(x0 | y) under softmax(h @ kernel + bias), restricted by y when given."""
@@ -227,7 +232,8 @@ def token_log_probs(code: PrimeCode, h, kernel_DC, bias_C, x0, y=None, *,
   return stats.target - stats.log_z
 
 
-def autoregressive_nll(code: PrimeCode, h, kernel_DC, bias_C, tokens, *,
+def autoregressive_nll(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.Array,
+                       tokens: jax.Array, *,
                        chunk_size: int = DEFAULT_CHUNK_SIZE,
                        compute_dtype: Optional[Any] = None) -> jax.Array:
   """(...,) -log p(token) over all C values: the autoregressive baseline's per-token loss."""
@@ -243,7 +249,8 @@ def _diffusion_loss(name: str, code: PrimeCode, schedule: Schedule, h, kernel_DC
   return losses_from_stats(code, schedule, stats, y_t, t)[name]
 
 
-def valid_loss(code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0, y_t, t,
+def valid_loss(code: PrimeCode, schedule: Schedule, h: jax.Array, kernel_DC: jax.Array,
+               bias_C: jax.Array, x0: jax.Array, y_t: jax.Array, t: jax.Array,
                carry_over: bool = True, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                compute_dtype: Optional[Any] = None) -> jax.Array:
   """`objectives.valid_loss` on logits h @ kernel + bias, without forming them."""
@@ -251,7 +258,8 @@ def valid_loss(code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0, y_
                          chunk_size, compute_dtype)
 
 
-def joint_loss(code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0, y_t, t,
+def joint_loss(code: PrimeCode, schedule: Schedule, h: jax.Array, kernel_DC: jax.Array,
+               bias_C: jax.Array, x0: jax.Array, y_t: jax.Array, t: jax.Array,
                carry_over: bool = True, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                compute_dtype: Optional[Any] = None) -> jax.Array:
   """`objectives.joint_loss` on logits h @ kernel + bias, without forming them."""
@@ -259,8 +267,9 @@ def joint_loss(code: PrimeCode, schedule: Schedule, h, kernel_DC, bias_C, x0, y_
                          chunk_size, compute_dtype)
 
 
-def cross_entropy_loss(code: PrimeCode, h, kernel_DC, bias_C, x0, y_t, carry_over: bool = True,
-                       **kw) -> jax.Array:
+def cross_entropy_loss(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.Array,
+                       x0: jax.Array, y_t: jax.Array, carry_over: bool = True,
+                       **kw: Any) -> jax.Array:
   """`objectives.cross_entropy_loss` on logits h @ kernel + bias; keywords as `valid_loss`."""
   stats = head_stats(code, h, kernel_DC, bias_C, x0, y_t if carry_over else None,
                      with_hits=False, **kw)

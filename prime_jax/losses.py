@@ -95,12 +95,13 @@ class Loss:
   antithetic: bool = True
   head_chunk: int = 0  # > 0: training never forms (B, *P, C) logits (`fused_head`).
 
-  def token_losses(self, logits, tokens, y_t, t) -> jax.Array:
+  def token_losses(self, logits: jax.Array, tokens: jax.Array, y_t: jax.Array, t: jax.Array
+                   ) -> jax.Array:
     """(B, *P) nats of the trained objective at given logits (a diffusion objective)."""
     return self.objective.token_loss(self.code, self.schedule, logits, tokens, y_t, t,
                                      self.carry_over)
 
-  def train(self, apply_fn: ApplyFn, tokens, key: jax.Array, head: Optional[tuple] = None
+  def train(self, apply_fn: ApplyFn, tokens: jax.Array, key: jax.Array, head: Optional[tuple] = None
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(per-example loss (B,), per-example metrics) in nats per token on one batch.
 
@@ -144,13 +145,13 @@ class Loss:
                for name in self.objective.metrics}
     return per[self.objective.name].mean(axes), metrics
 
-  def log_probs(self, denoise_fn: likelihood.DenoiseFn, tokens) -> jax.Array:
+  def log_probs(self, denoise_fn: likelihood.DenoiseFn, tokens: jax.Array) -> jax.Array:
     """(B, *P) log p(x_i | x_<i) of the causal baseline (`denoise_fn(y, t)` gives logits)."""
     logits = denoise_fn(autoregressive_inputs(self.code, tokens), None)
     return objectives.token_log_probs(self.code, logits, tokens)
 
-  def eval_sums(self, denoise_fn: likelihood.DenoiseFn, tokens, mask, key: jax.Array,
-                num_time_samples: int = 1) -> dict[str, jax.Array]:
+  def eval_sums(self, denoise_fn: likelihood.DenoiseFn, tokens: jax.Array, mask: jax.Array,
+                key: jax.Array, num_time_samples: int = 1) -> dict[str, jax.Array]:
     """Per-example sums (nats) of `objective.eval_sums` and the counted positions, (B,) each.
 
     Diffusion: the valid bound and the joint objective over K antithetic times

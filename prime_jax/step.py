@@ -133,7 +133,7 @@ def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
                     skipped=jnp.zeros((), jnp.int32))
 
 
-def loss_terms(task: Task, params, tokens, key: jax.Array, *, train: bool
+def loss_terms(task: Task, params: Any, tokens: jax.Array, key: jax.Array, *, train: bool
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(per-example training loss (B,), per-example metrics) of `task.loss` on one batch (nats)."""
   fused = task.loss.head_chunk > 0
@@ -148,7 +148,7 @@ def _tree_where(pred, new, old):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def train_step(task: Task, state: TrainState, tokens) -> tuple[TrainState, dict]:
+def train_step(task: Task, state: TrainState, tokens: jax.Array) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch, averaged over `grad_accum_steps` micro-batches.
 
   A non-finite loss or gradient leaves the state unchanged (apart from `step` and `skipped`);

@@ -229,9 +229,10 @@ def _held_out(run: _Run, step: int) -> dict[str, float]:
 def _write_training_samples(run: _Run, step: int) -> None:
   """A few samples from the EMA weights: text file or PNG grid under workdir/samples/."""
   exp = run.exp
-  s = exp.config.sample
+  sample_cfg = exp.config.sample
   sconf = sample.sampler_config(exp.config, int(np.prod(exp.example_shape)))
-  result = sample.draw(exp, run.state.ema_params, sconf, s.batch_size, s.batch_size,
+  result = sample.draw(exp, run.state.ema_params, sconf, sample_cfg.batch_size,
+                       sample_cfg.batch_size,
                        seed=exp.config.seed + step)
   if run.chief:
     files = sample.write_samples(exp, result, os.path.join(run.workdir, "samples",

@@ -90,7 +90,7 @@ class OpaqueFunction:
   def __init__(self, module: str, name: str):
     self.module, self.name = module, name
 
-  def __call__(self, *args, **kwargs):
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
     raise RefusedPickle(f"refusing to call {self.module}.{self.name} while unpickling; a "
                         "checkpoint that needs to run a function to be read is not accepted")
 

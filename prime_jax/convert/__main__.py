@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,7 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "New directory for the converted
 _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "raw"], "EMA or raw weights.")
 
 
-def main(argv) -> None:
+def main(argv: Sequence[str]) -> None:
   if len(argv) != 2 or argv[1] not in SOURCES:
     raise app.UsageError(f"usage: python3 -m prime_jax.convert {{{'|'.join(SOURCES)}}} "
                          "--checkpoint=FILE --workdir=DIR [--weights=ema|raw] [--config=...]")

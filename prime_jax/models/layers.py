@@ -2,12 +2,14 @@
 
 Every parameter is created through `nn.with_logical_partitioning`, so the training code can
 shard it by logical-axis rules (names listed in `prime_jax.models.LOGICAL_AXES`).
+Shape letters: B batch, L length, N heads, H head width, R = H/2 rotary pairs (or half the
+sinusoid's width), F conditioning width (cond_dim).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,7 +23,7 @@ zeros_init = nn.initializers.zeros
 ones_init = nn.initializers.ones
 
 
-def logical(init, names: Sequence[Optional[str]]):
+def logical(init: Callable[..., Array], names: Sequence[Optional[str]]) -> Callable[..., Any]:
   """Wraps an initializer so the parameter is boxed with logical axis `names`."""
   return nn.with_logical_partitioning(init, tuple(names))
 
@@ -41,13 +43,13 @@ def apply_rotary(x_BLNH: Array, positions_L: Array, *, max_wavelength: float = 1
   if head_dim % 2:
     raise ValueError(f"rotary embedding needs an even head dimension, got {head_dim}")
   half = head_dim // 2
-  inv_freq_F = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_LF = positions_L.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
-  cos_L1F = jnp.cos(angles_LF)[:, None, :]
-  sin_L1F = jnp.sin(angles_LF)[:, None, :]
+  inv_freq_R = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_LR = positions_L.astype(jnp.float32)[:, None] * inv_freq_R[None, :]
+  cos_L1R = jnp.cos(angles_LR)[:, None, :]
+  sin_L1R = jnp.sin(angles_LR)[:, None, :]
   x = x_BLNH.astype(jnp.float32)
   x1, x2 = x[..., :half], x[..., half:]
-  out = jnp.concatenate([x1 * cos_L1F - x2 * sin_L1F, x2 * cos_L1F + x1 * sin_L1F], axis=-1)
+  out = jnp.concatenate([x1 * cos_L1R - x2 * sin_L1R, x2 * cos_L1R + x1 * sin_L1R], axis=-1)
   return out.astype(x_BLNH.dtype)
 
 
@@ -104,9 +106,9 @@ def timestep_embedding(t_B: Array, dim: int, *, max_period: float = 10_000.0,
                        scale: float = 1000.0) -> Array:
   """Sinusoidal features of continuous time t in [0, 1] (scaled by `scale`): (B,) -> (B, dim)."""
   half = dim // 2
-  freqs_F = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args_BF = (scale * t_B.astype(jnp.float32))[:, None] * freqs_F[None, :]
-  emb = jnp.concatenate([jnp.cos(args_BF), jnp.sin(args_BF)], axis=-1)
+  freqs_R = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args_BR = (scale * t_B.astype(jnp.float32))[:, None] * freqs_R[None, :]
+  emb = jnp.concatenate([jnp.cos(args_BR), jnp.sin(args_BR)], axis=-1)
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
@@ -117,7 +119,7 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
   return x * (1.0 + scale) + shift
 
 
-def fan_avg_init(num_in_axes: int, ndim: int):
+def fan_avg_init(num_in_axes: int, ndim: int) -> Callable[..., Array]:
   """Glorot-uniform initializer for a kernel whose first `num_in_axes` axes are contracted."""
   return nn.initializers.variance_scaling(
       1.0, "fan_avg", "uniform", in_axis=tuple(range(num_in_axes)),
@@ -177,9 +179,9 @@ class Conditioning(nn.Module):
   @nn.compact
   def __call__(self, t_B: Optional[Array], batch_size: int) -> Array:
     if not self.time_conditioning and not self.zero_time:
-      c_C = self.param("constant", logical(nn.initializers.normal(1.0), ("cond",)),
+      c_F = self.param("constant", logical(nn.initializers.normal(1.0), ("cond",)),
                        (self.cond_dim,), self.param_dtype)
-      return jnp.broadcast_to(c_C.astype(jnp.float32), (batch_size, self.cond_dim))
+      return jnp.broadcast_to(c_F.astype(jnp.float32), (batch_size, self.cond_dim))
     if not self.time_conditioning:
       t_B = jnp.zeros((batch_size,), jnp.float32)
     elif t_B is None:
@@ -208,11 +210,11 @@ class Modulation(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, c_BC: Array) -> tuple[Array, ...]:
+  def __call__(self, c_BF: Array) -> tuple[Array, ...]:
     out = DenseGeneral(
         (self.num, self.features), ("cond", "modulation", self.feature_axis),
         ("modulation", self.feature_axis), zero_init=True, dtype=jnp.float32,
-        param_dtype=self.param_dtype, name="proj")(c_BC)
+        param_dtype=self.param_dtype, name="proj")(c_BF)
     return tuple(out[:, i] for i in range(self.num))
 
 

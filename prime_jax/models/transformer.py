@@ -4,6 +4,9 @@ Pre-LayerNorm blocks with adaLN-Zero modulation, rotary position embedding on q 
 non-causal attention (a `causal` switch serves an autoregressive baseline), GELU MLP, dropout,
 final adaLN and a zero-initialised head giving C = code.vocab_size logits per token.
 
+Shape letters: B batch, L length, ℓ digits per token (`y_BLl`), D model width, N heads, H head
+width, C token vocabulary, F conditioning width (cond_dim).
+
 Dtype policy: parameters in `param_dtype`; matmuls and attention in `dtype`; LayerNorm
 statistics, adaLN modulation and the residual stream in float32; logits in `logits_dtype`.
 """
@@ -41,7 +44,7 @@ def transformer_body_matmul_params(d_model: int, num_layers: int, mlp_ratio: int
   return num_layers * (4 + 2 * mlp_ratio) * d_model * d_model
 
 
-def head_params(params) -> tuple[jax.Array, jax.Array]:
+def head_params(params: Any) -> tuple[jax.Array, jax.Array]:
   """(kernel (D, C), bias (C,)) of a PrimeTransformer's head, from its 'params' collection."""
   head = nn.meta.unbox(params["head"])
   return head["kernel"], head["bias"]
@@ -61,13 +64,13 @@ class DiTBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, c_BC: jax.Array) -> tuple[jax.Array, None]:
+  def __call__(self, x_BLD: jax.Array, c_BF: jax.Array) -> tuple[jax.Array, None]:
     d, n = self.d_model, self.num_heads
     h_dim = d // n
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     shift1, scale1, gate1, shift2, scale2, gate2 = (
         m[:, None, :] for m in Modulation(6, d, param_dtype=self.param_dtype,
-                                          name="adaln")(c_BC))
+                                          name="adaln")(c_BF))
 
     # Attention.
     h = modulate(LayerNorm(param_dtype=self.param_dtype, name="norm1")(x_BLD), shift1, scale1)
@@ -172,7 +175,7 @@ class PrimeTransformer(nn.Module):
                            combine=self.combine, dtype=jnp.float32,
                            param_dtype=self.param_dtype, name="embed")(y_BLl)
     x_BLD = constrain(x_BLD, ACTIVATION_AXES)
-    c_BC = Conditioning(self.cond_dim, self.time_conditioning,
+    c_BF = Conditioning(self.cond_dim, self.time_conditioning,
                         zero_time=self.zero_time_conditioning, param_dtype=self.param_dtype,
                         name="cond")(t_B, batch)
 
@@ -188,14 +191,14 @@ class PrimeTransformer(nn.Module):
       x_BLD, _ = nn.scan(
           block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=nn.broadcast, length=self.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(name="blocks", **block_kw)(x_BLD, c_BC)
+          metadata_params={nn.PARTITION_NAME: "layers"})(name="blocks", **block_kw)(x_BLD, c_BF)
     else:
       for i in range(self.num_layers):
-        x_BLD, _ = block_cls(name=f"block_{i}", **block_kw)(x_BLD, c_BC)
+        x_BLD, _ = block_cls(name=f"block_{i}", **block_kw)(x_BLD, c_BF)
 
     shift, scale = (m[:, None, :] for m in Modulation(2, self.d_model,
                                                        param_dtype=self.param_dtype,
-                                                       name="final_adaln")(c_BC))
+                                                       name="final_adaln")(c_BF))
     h = modulate(LayerNorm(param_dtype=self.param_dtype, name="final_norm")(x_BLD), shift, scale)
     if return_features:
       return constrain(h.astype(self.dtype), ACTIVATION_AXES)
