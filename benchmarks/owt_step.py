@@ -102,12 +102,18 @@ def _time(compiled: Any, task: step_lib.Task, shard: Any, config: ml_collections
       jax.random.key(0))
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, GPT2_VOCAB, (batch, seq)),
                        jnp.int32)
-  state, metrics = compiled(state, tokens)
+  return median_step_seconds(compiled, state, tokens, repeats)
+
+
+def median_step_seconds(step: Callable, state: Any, tokens: jax.Array, repeats: int) -> float:
+  """Median wall seconds of `state, metrics = step(state, tokens)` over `repeats` calls, after
+  one warm-up call (the state is donated, so each call takes the last one's output)."""
+  state, metrics = step(state, tokens)
   jax.block_until_ready(metrics)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, metrics = compiled(state, tokens)
+    state, metrics = step(state, tokens)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   return float(np.median(times))

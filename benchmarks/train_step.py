@@ -94,15 +94,7 @@ def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, b
     tokens = sharding.global_batch(
         np.random.default_rng(0).integers(0, vocab, (batch, seq)).astype(np.int32),
         sharding.batch_sharding(mesh))
-    state, m = step(state, tokens)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      state, m = step(state, tokens)
-      jax.block_until_ready(m)
-      times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    return owt_step.median_step_seconds(step, state, tokens, repeats)
 
 
 def main():

@@ -6,11 +6,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash launch/setup_env.sh
-JAX_VERSION="$(python3 -c 'import jax; print(jax.__version__)')"
-if ! python3 -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
-  python3 -m pip install -q "jax[cuda12]==${JAX_VERSION}"
-fi
+bash launch/setup_gpu.sh
 CONFIG="${1:-configs/shakespeare.py:ell=2}"
 WORKDIR="${2:-runs/gpu}"
 shift 2 || shift $# || true
