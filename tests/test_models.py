@@ -5,6 +5,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -337,7 +338,7 @@ def _checkpoint_policies(jaxpr) -> list:
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("checkpoint", "remat2"):  # jax.checkpoint, by version
       found.append(eqn.params["policy"])
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax_core.jaxprs_in_params(eqn.params):
       found += _checkpoint_policies(sub)
   return found
 
