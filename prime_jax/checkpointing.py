@@ -152,6 +152,15 @@ def abstract_like(state: Any) -> Any:
       state)
 
 
+def make_reader(workdir: str) -> Manager:
+  """A read-only manager for `restore_weights`: it reads parts of a saved state, never writes."""
+  manager = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  return Manager(manager, hand_off=False)
+
+
 def restore_latest(manager: Manager, target_state: Any,
                    data_iterator: Any = None, step: Optional[int] = None,
                    set_aside_unreadable: bool = False,
@@ -165,16 +174,47 @@ def restore_latest(manager: Manager, target_state: Any,
   converted one) gets EMA = its params and `tx.init(params)`; one without an iterator state
   leaves the iterator at its start.
   """
+  abstract = abstract_like(target_state)
+  found, read = _newest_readable(
+      manager, step, lambda s: _restore_step(manager, s, abstract, data_iterator),
+      set_aside_unreadable)
+  return (None, None) if found is None else (found, _complete(read[1], read[0], abstract, tx,
+                                                              found))
+
+
+def restore_weights(reader: Manager, target_params: Any, ema: bool,
+                    step: Optional[int] = None) -> tuple[Optional[int], Any]:
+  """(step, params or their EMA) of the newest checkpoint that restores: what eval and sampling
+  need, read alone (no optimizer state is read or made). `reader` comes from `make_reader`.
+
+  A checkpoint without EMA (a converted one, whose EMA is its params) gives its params.
+  """
+  abstract = abstract_like(target_params)
+
+  def read(s):
+    saved = saved_tree(epath.Path(str(reader.directory)) / str(s) / "state")
+    field = "ema_params" if ema and saved.get("ema_params") is not None else "params"
+    item = {field: abstract}
+    args = ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)
+    return reader.restore(s, ocp.args.Composite(state=args))["state"][field]
+  return _newest_readable(reader, step, read, set_aside_unreadable=False)
+
+
+def _newest_readable(manager: Manager, step: Optional[int], read: Any,
+                     set_aside_unreadable: bool) -> tuple[Optional[int], Any]:
+  """(s, read(s)) for the newest step s (or `step`) that `read` restores; each unreadable one
+  is reported in one line, and set aside when asked."""
   steps = sorted(manager.all_steps(), reverse=True)
   if step is not None:
     if step not in steps:
       raise ValueError(f"no checkpoint at step {step}; available steps: {sorted(steps)}")
     steps = [step]
-  abstract = abstract_like(target_state)
   unreadable = []
   for s in steps:
     try:
-      absent, restored = _restore_step(manager, s, abstract, data_iterator)
+      restored = read(s)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one",
                       s, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
@@ -184,7 +224,7 @@ def restore_latest(manager: Manager, target_state: Any,
       continue
     if unreadable and set_aside_unreadable:
       _set_aside(manager, unreadable)
-    return s, _complete(restored, absent, abstract, tx, s)
+    return s, restored
   if steps:
     raise RuntimeError(f"no checkpoint in {manager.directory} could be restored (steps tried: "
                        f"{steps}); refusing to start again from step 0 — move the directory "

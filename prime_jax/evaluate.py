@@ -89,8 +89,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   exp = experiment.build(config)
   e = config.eval
   data_config = _eval_data(exp)
-  found, state = experiment.restore(exp, workdir, config.sample.checkpoint_step)
-  params = state.ema_params if e.use_ema else state.params
+  found, params = experiment.restore_weights(exp, workdir, config.sample.checkpoint_step,
+                                             ema=e.use_ema)
   start = time.perf_counter()
   result = evaluate_split(exp, params, split=e.split, batch_size=e.batch_size,
                           num_batches=e.num_batches, num_time_samples=e.num_time_samples,

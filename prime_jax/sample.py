@@ -71,8 +71,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   sconf = sampler_config(config, positions)
   fixed_tokens, fixed_mask = prefix(exp, sample_cfg.batch_size)
   measure = sample_quality.sample_metrics(config, exp)  # Checked before sampling.
-  step, state = experiment.restore(exp, workdir, sample_cfg.checkpoint_step)
-  params = state.ema_params if sample_cfg.use_ema else state.params
+  step, params = experiment.restore_weights(exp, workdir, sample_cfg.checkpoint_step,
+                                            ema=sample_cfg.use_ema)
   out_dir = os.path.join(workdir, "samples", f"step_{step}")
   result = draw(exp, params, sconf, sample_cfg.num_samples, sample_cfg.batch_size,
                 seed=config.seed + 3, fixed_tokens=fixed_tokens, fixed_mask=fixed_mask,

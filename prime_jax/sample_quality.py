@@ -50,8 +50,7 @@ def load_scorer(workdir: str, *, use_ema: bool = True, step: int = -1,
         f"{workdir} holds a model with diffusion.objective={config.diffusion.objective!r}; "
         "scoring samples needs the causal baseline (e.g. configs/shakespeare.py:baseline=ar)")
   run = experiment.build(config)
-  found, state = experiment.restore(run, workdir, step)
-  params = state.ema_params if use_ema else state.params
+  found, params = experiment.restore_weights(run, workdir, step, ema=use_ema)
   jitted = experiment.make_log_prob_step(run)
   batch = sharding.batch_sharding(run.mesh)
   shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
