@@ -78,9 +78,11 @@ def step_of(line):
 
 
 def restore(path, config):
+  """(step, state on the host) of the newest checkpoint; reads onto the abstract state, which
+  needs no compiled init."""
   run = experiment.build(config)
   manager = checkpointing.make_manager(path, config)
-  step, state = checkpointing.restore_latest(manager, experiment.init_state(run, 1))
+  step, state = checkpointing.restore_latest(manager, experiment.abstract_state(run))
   manager.close()
   return step, jax.device_get(state)
 
