@@ -40,6 +40,18 @@ def compile_cache(tmp_path_factory):
   cc.reset_cache()
 
 
+@pytest.fixture(scope="module")
+def cached_trained(compile_cache, request):
+  """conftest's `trained` workdir, made while this module's compilation cache is on when no
+  module made it before: the runs here then load its compiled init and train step.
+
+  (A session fixture is set up before any module fixture, so `trained` asked for directly
+  would always compile without the cache.)
+  """
+  del compile_cache
+  return request.getfixturevalue("trained")
+
+
 def read_until(proc, predicate, timeout=180.0):
   """Lines of `proc`'s output up to and including the first for which `predicate` holds."""
   lines, deadline = [], time.monotonic() + timeout
@@ -78,9 +90,11 @@ def step_of(line):
 
 
 def restore(path, config):
+  """(step, state on the host) of the newest checkpoint; reads onto the abstract state, which
+  needs no compiled init."""
   run = experiment.build(config)
   manager = checkpointing.make_manager(path, config)
-  step, state = checkpointing.restore_latest(manager, experiment.init_state(run, 1))
+  step, state = checkpointing.restore_latest(manager, experiment.abstract_state(run))
   manager.close()
   return step, jax.device_get(state)
 

@@ -8,13 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from run_helpers import ckpt_config, compile_cache, copy_workdir, restore  # compile_cache: autouse fixture
+from run_helpers import (cached_trained, ckpt_config, compile_cache, copy_workdir,  # fixtures
+                         restore)
 from prime_jax import checkpointing, experiment, train
 
 
 def test_truncated_newest_checkpoint_is_skipped_with_one_line_and_the_previous_restored(
-    trained, tmp_path, capsys):
-  path = copy_workdir(trained, tmp_path)
+    cached_trained, tmp_path, capsys):
+  path = copy_workdir(cached_trained, tmp_path)
   c = ckpt_config()
   run = experiment.build(c)
   manager = checkpointing.make_manager(path, c)
@@ -48,8 +49,8 @@ def test_truncated_newest_checkpoint_is_skipped_with_one_line_and_the_previous_r
 
 
 
-def test_no_readable_checkpoint_refuses_to_start_from_zero(trained, tmp_path):
-  path = copy_workdir(trained, tmp_path)
+def test_no_readable_checkpoint_refuses_to_start_from_zero(cached_trained, tmp_path):
+  path = copy_workdir(cached_trained, tmp_path)
   for name in glob.glob(os.path.join(path, "checkpoints", "*", "state", "**", "*"),
                         recursive=True):
     if os.path.isfile(name):

@@ -30,9 +30,14 @@ LAUNCHER = ("import runpy, sys, tensorflow_datasets as tfds\n"
 
 
 def _run(workdir, mode, *extra):
+  """One CLI call. The calls share a compilation cache beside the workdir: eval and sample then
+  load the model, evaluation and sampler that train compiled."""
   argv = [f"--config={ROOT}/configs/shakespeare.py:ell=2", f"--workdir={workdir}",
           f"--mode={mode}", *TINY, *extra]
-  env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT), "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT), "JAX_PLATFORMS": "cpu",
+         "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(workdir), "jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   proc = subprocess.run([sys.executable, "-c", LAUNCHER, *argv], env=env, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

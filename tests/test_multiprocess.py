@@ -37,13 +37,19 @@ def _flags(port, **overrides):
       distributed__num_processes=2, **overrides)
 
 
-def _launch(workdir, flags, cache):
-  return [subprocess.Popen(tiny.command(workdir, *flags, f"--config.distributed.process_id={i}"),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=tiny.env(4, cache), cwd=tiny.ROOT) for i in range(2)]
+def _launch(workdir, flags, cache, logs=None):
+  """The two processes; their output goes to pipes, or to the files `logs` when the caller does
+  other work meanwhile (a full pipe would stall a process)."""
+  outs = [open(path, "w") for path in logs] if logs else [subprocess.PIPE] * 2
+  procs = [subprocess.Popen(tiny.command(workdir, *flags, f"--config.distributed.process_id={i}"),
+                            stdout=outs[i], stderr=subprocess.STDOUT, text=True,
+                            env=tiny.env(4, cache), cwd=tiny.ROOT) for i in range(2)]
+  for out in outs if logs else ():
+    out.close()
+  return procs
 
 
-def _finish(procs, timeout=240):
+def _finish(procs, timeout=240, logs=None):
   outputs = []
   for p in procs:
     try:
@@ -51,7 +57,7 @@ def _finish(procs, timeout=240):
     finally:
       if p.poll() is None:
         p.kill()
-  return outputs
+  return [open(path).read() for path in logs] if logs else outputs
 
 
 def _reference(config, steps):
@@ -66,7 +72,7 @@ def _reference(config, steps):
   for _ in range(steps):
     tokens = np.concatenate([next(it)["tokens"] for it in iterators])
     state, _ = step_fn(state, sharding.global_batch(tokens, sharding.batch_sharding(run.mesh)))
-  return jax.device_get(state), [json.loads(it.get_state()) for it in iterators]
+  return run, jax.device_get(state), [json.loads(it.get_state()) for it in iterators]
 
 
 def test_two_processes_preempt_and_resume_like_one_process_with_eight_devices(tmp_path):
@@ -90,18 +96,20 @@ def test_two_processes_preempt_and_resume_like_one_process_with_eight_devices(tm
   assert stopped >= 3
 
   total = stopped + RESUMED_STEPS
-  procs = _launch(workdir, _flags(_free_port(), train__num_steps=total), cache)
-  outputs = _finish(procs)
+  logs = [str(tmp_path / f"resumed_{i}.log") for i in range(2)]
+  procs = _launch(workdir, _flags(_free_port(), train__num_steps=total), cache, logs)
+  try:  # The reference runs while process 0 waits on process 1's compile (it has the cache).
+    config = tiny.config(optim__lr_schedule="constant", optim__warmup_steps=2,
+                         train__num_steps=total)
+    run, expected, iterator_states = _reference(config, total)
+  finally:
+    outputs = _finish(procs, logs=logs)
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out
   assert f"[train] resumed from step {stopped}" in outputs[0]
 
-  config = tiny.config(optim__lr_schedule="constant", optim__warmup_steps=2,
-                       train__num_steps=total)
-  expected, iterator_states = _reference(config, total)
-  run = experiment.build(config)
   manager = checkpointing.make_manager(workdir, config)
-  step, state = checkpointing.restore_latest(manager, experiment.init_state(run, 1))
+  step, state = checkpointing.restore_latest(manager, experiment.abstract_state(run))
   assert step == total
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(state), expected)

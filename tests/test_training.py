@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import tiny
+from run_helpers import compile_cache  # noqa: F401  (autouse: the train runs here compile once)
 from prime_jax import config as config_lib, experiment, sharding, train, writers
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
@@ -83,6 +84,13 @@ def test_model_type_must_match_the_data():
     experiment.build(c)
 
 
+def sharded_config():
+  """tiny_config() wide enough for 2×2×2 sharding (four heads split over tensor=2)."""
+  c = tiny_config()
+  c.model.update(d_model=64, num_heads=4)
+  return c
+
+
 def _one_step(c, devices):
   c.mesh.update(data=len(devices) if len(devices) < 8 else 2,
                 fsdp=1 if len(devices) < 8 else 2, tensor=1 if len(devices) < 8 else 2)
@@ -95,8 +103,7 @@ def _one_step(c, devices):
 
 
 def test_sharded_step_equals_single_device_step(capfd):
-  c = tiny_config()
-  c.model.update(d_model=64, num_heads=4)
+  c = sharded_config()
   params8, metrics8 = _one_step(c.copy_and_resolve_references(), jax.devices())
   err = capfd.readouterr().err
   assert "Involuntary full rematerialization" not in err
@@ -107,8 +114,7 @@ def test_sharded_step_equals_single_device_step(capfd):
 
 
 def test_parameters_carry_sharding_over_fsdp_and_tensor():
-  c = tiny_config()
-  c.model.update(d_model=64, num_heads=4)
+  c = sharded_config()
   c.mesh.update(data=2, fsdp=2, tensor=2)
   run = experiment.build(c)
   mlp_in = run.state_shardings.params["block_0"]["mlp_in"]["kernel"]
@@ -122,10 +128,11 @@ def test_first_step_loss_matches_the_zero_init_head_exactly():
 
   At init the head is zero, so every token value has probability 1/256 and each masked digit of
   base 16 has marginal 1/16: the loss is mean(w(t) · #masked digits) · log 16 per token, on the
-  very times and masks the step draws from its key.
+  very times and masks the step draws from its key. The model is the single-device one of
+  test_sharded_step_equals_single_device_step, so its compiled step comes from the cache.
   """
   from prime_jax import forward, schedules
-  c = tiny_config()
+  c = sharded_config()
   c.mesh.update(data=1, fsdp=1, tensor=1)
   run = experiment.build(c, jax.devices()[:1])
   state = experiment.init_state(run, 0)
@@ -159,7 +166,7 @@ def test_resume_gives_identical_parameters_and_data_order(tmp_path):
     c = tiny_config(num_steps=4)
     run = experiment.build(c)
     manager = checkpointing.make_manager(str(tmp_path / run_dir), c)
-    step, state = checkpointing.restore_latest(manager, experiment.init_state(run, 1))
+    step, state = checkpointing.restore_latest(manager, experiment.abstract_state(run))
     assert step == 4
     states.append(jax.device_get(state))
   jax.tree.map(np.testing.assert_array_equal, states[0], states[1])
