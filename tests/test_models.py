@@ -49,8 +49,14 @@ def jitted_apply(model):
   return jax.jit(model.apply, static_argnames=("train",))
 
 
+@functools.lru_cache(maxsize=None)
+def jitted_init(model):
+  return jax.jit(functools.partial(model.init, train=False))
+
+
 def init(model, y, t=None, seed=0):
-  return jax.jit(functools.partial(model.init, train=False))(key(seed), y, t)
+  """model.init, compiled once per model and input shapes (tests share equal models)."""
+  return jitted_init(model)(key(seed), y, t)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -310,7 +316,11 @@ def test_transformer_params_have_logical_axis_names(options):
   _check_boxed(variables)
 
 
-def test_scan_and_remat_match_the_plain_loop():
+@pytest.fixture(scope="module")
+def remat_runs():
+  """The plain transformer's outputs and gradients (of Σ logits²) at perturbed params, beside
+  those of its scanned, rematerialised and 'dots'-policy variants, as one jitted program: on a
+  CPU that compiles in about half the time of one program each."""
   code = PrimeCode(27, 3)
   y = random_subtokens(key(0), code, (2, 5))
   plain = PrimeTransformer(code, **TINY_TEXT)
@@ -318,19 +328,28 @@ def test_scan_and_remat_match_the_plain_loop():
   scanned_params = {k: v for k, v in params.items() if not k.startswith("block_")}
   scanned_params["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), params["block_0"],
                                           params["block_1"])
-  ref = jitted_apply(plain)({"params": params}, y, train=False)
+  models = {"plain": plain, "remat": PrimeTransformer(code, remat=True, **TINY_TEXT),
+            "dots": PrimeTransformer(code, remat=True, remat_policy="dots", **TINY_TEXT)}
   scanned = PrimeTransformer(code, scan_layers=True, remat=True, **TINY_TEXT)
-  np.testing.assert_allclose(jitted_apply(scanned)({"params": scanned_params}, y, train=False),
-                             ref, rtol=1e-5, atol=1e-5)
 
   def loss(model, p):
     return jnp.sum(model.apply({"params": p}, y, train=False) ** 2)
 
-  rematted = PrimeTransformer(code, remat=True, **TINY_TEXT)
-  g_plain = jax.jit(jax.grad(functools.partial(loss, plain)))(params)
-  g_remat = jax.jit(jax.grad(functools.partial(loss, rematted)))(params)
+  @jax.jit
+  def run(params, scanned_params):
+    return {"logits": plain.apply({"params": params}, y, train=False),
+            "scanned_logits": scanned.apply({"params": scanned_params}, y, train=False),
+            **{f"grad_{name}": jax.grad(functools.partial(loss, model))(params)
+               for name, model in models.items()}}
+  return dict(run(params, scanned_params), params=params, code=code,
+              loss_dots=functools.partial(loss, models["dots"]))
+
+
+def test_scan_and_remat_match_the_plain_loop(remat_runs):
+  np.testing.assert_allclose(remat_runs["scanned_logits"], remat_runs["logits"], rtol=1e-5,
+                             atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               g_plain, g_remat)
+               remat_runs["grad_plain"], remat_runs["grad_remat"])
 
 
 def _checkpoint_policies(jaxpr) -> list:
@@ -343,24 +362,15 @@ def _checkpoint_policies(jaxpr) -> list:
   return found
 
 
-def test_remat_policy_keeps_gradients_and_reaches_the_blocks():
-  code = PrimeCode(27, 3)
-  y = random_subtokens(key(0), code, (2, 5))
-  plain = PrimeTransformer(code, **TINY_TEXT)
-  params = nn.meta.unbox(perturb(init(plain, y), 1))["params"]
-  dots = PrimeTransformer(code, remat=True, remat_policy="dots", **TINY_TEXT)
-
-  def loss(model, p):
-    return jnp.sum(model.apply({"params": p}, y, train=False) ** 2)
-  g_plain = jax.jit(jax.grad(functools.partial(loss, plain)))(params)
-  g_dots = jax.jit(jax.grad(functools.partial(loss, dots)))(params)
+def test_remat_policy_keeps_gradients_and_reaches_the_blocks(remat_runs):
   # Recomputed float32 sums may round differently: gradient entries reach ~30 here.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               g_plain, g_dots)
-  policies = _checkpoint_policies(jax.make_jaxpr(functools.partial(loss, dots))(params).jaxpr)
+               remat_runs["grad_plain"], remat_runs["grad_dots"])
+  policies = _checkpoint_policies(jax.make_jaxpr(remat_runs["loss_dots"])(
+      remat_runs["params"]).jaxpr)
   assert policies == [REMAT_POLICIES["dots"]] * TINY_TEXT["num_layers"]
   with pytest.raises(ValueError, match="remat_policy must be one of"):
-    PrimeTransformer(code, remat=True, remat_policy="some", **TINY_TEXT)
+    PrimeTransformer(remat_runs["code"], remat=True, remat_policy="some", **TINY_TEXT)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -430,21 +440,26 @@ def test_param_counters():
 # --------------------------------------------------------------------------- U-Net
 
 
+# The U-Net runs op by op here (no jit) but for its gradient: XLA takes seconds to compile even
+# this tiny U-Net as one program, each ℓ and each call signature anew, while op by op every ℓ
+# and both models below share almost all compiled operations (only the embedding differs).
+
+
 @pytest.mark.parametrize("ell", [1, 2, 3])
 def test_unet_output_shape(ell):
   code = PrimeCode(16, ell)
   model = PrimeUNet(code, **TINY_IMAGE)
   y = random_subtokens(key(0), code, (2, 8, 8, 3))
-  variables = init(model, y)
-  zero = jitted_apply(model)(variables, y, train=False)
+  variables = model.init(key(0), y, train=False)
+  zero = model.apply(variables, y, train=False)
   assert zero.shape == (2, 8, 8, 3, 16) and zero.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(zero), 0.0)  # Zero-initialised output conv.
   variables = perturb(variables, 1)
-  logits = jitted_apply(model)(variables, y, train=False)
+  logits = model.apply(variables, y, train=False)
   assert np.isfinite(np.asarray(logits)).all() and np.abs(np.asarray(logits)).max() > 0
   # Without time conditioning t is ignored.
-  np.testing.assert_array_equal(jitted_apply(model)(variables, y, jnp.array([0.1, 0.9]),
-                                                    train=False), logits)
+  np.testing.assert_array_equal(model.apply(variables, y, jnp.array([0.1, 0.9]), train=False),
+                                logits)
   assert "down_1_attn_0" in variables["params"] and "down_0_attn_0" not in variables["params"]
 
 
@@ -453,7 +468,7 @@ def test_unet_dropout_time_conditioning_names_and_gradients():
   model = PrimeUNet(code, time_conditioning=True, dropout=0.4, **TINY_IMAGE)
   y = random_subtokens(key(0), code, (2, 8, 8, 3))
   t_a, t_b = jnp.array([0.1, 0.2]), jnp.array([0.8, 0.9])
-  variables = init(model, y, t_a)
+  variables = model.init(key(0), y, t_a, train=False)
   _check_boxed(variables)
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
@@ -461,17 +476,20 @@ def test_unet_dropout_time_conditioning_names_and_gradients():
       (("embed", "fsdp"), ("heads", "tensor"), ("conv_out", "tensor"))):
     jax.eval_shape(lambda: model.init(key(0), y, t_a, train=False))
   variables = perturb(variables, 1)
-  apply = jitted_apply(model)
-  eval_a = apply(variables, y, t_a, train=False)
-  assert np.abs(np.asarray(apply(variables, y, t_b, train=False) - eval_a)).max() > 1e-4
-  train_a = apply(variables, y, t_a, train=True, rngs={"dropout": key(2)})
-  train_b = apply(variables, y, t_a, train=True, rngs={"dropout": key(3)})
+  eval_a = model.apply(variables, y, t_a, train=False)
+  assert np.abs(np.asarray(model.apply(variables, y, t_b, train=False) - eval_a)).max() > 1e-4
+
+  @jax.jit
+  def train_logits_and_grads(params, dropout_key):
+    def loss(p):
+      logits = model.apply({"params": p}, y, t_a, train=True, rngs={"dropout": dropout_key})
+      return jnp.mean(logits ** 2), logits
+    return jax.grad(loss, has_aux=True)(params)
+
+  grads, train_a = train_logits_and_grads(variables["params"], key(2))
+  train_b = train_logits_and_grads(variables["params"], key(3))[1]
   assert np.abs(np.asarray(train_a - eval_a)).max() > 1e-4
   assert np.abs(np.asarray(train_a - train_b)).max() > 1e-4
-
-  grads = jax.jit(jax.grad(lambda p: jnp.mean(
-      model.apply({"params": p}, y, t_a, train=True, rngs={"dropout": key(2)}) ** 2)
-  ))(variables["params"])
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 

@@ -4,6 +4,7 @@ the Fashion-MNIST classifier's Fréchet distance. The parts that need no run: te
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -42,11 +43,12 @@ def test_scorer_nll_equals_the_ar_eval_nll(ar_workdir):
   assert math.isfinite(got["gen_ppl"]) and got["gen_ppl"] > 1.0
 
 
-def test_sample_mode_scores_samples_with_the_scorer(ar_workdir, tmp_path):
+def test_sample_mode_scores_samples_with_the_scorer(ar_workdir, trained, tmp_path):
+  """Samples of a copy of the session's tiny run (conftest's `trained`), which other modules
+  train anyway, scored by the causal baseline."""
   workdir = str(tmp_path / "mdm")
-  config = tiny.config(train__num_steps=2, train__checkpoint_every=2, sample__steps=8,
-                       sample__scorer_workdir=ar_workdir)
-  train.train_and_evaluate(config, workdir)
+  shutil.copytree(trained, workdir)
+  config = tiny.config(**tiny.CHECKPOINTED, sample__steps=8, sample__scorer_workdir=ar_workdir)
   summary = sample.sample(config, workdir)
   q = summary["quality"]
   for key in ("gen_ppl", "gen_nats_per_token", "unigram_entropy", "reference_gen_ppl",
