@@ -178,8 +178,10 @@ def restore_latest(manager: Manager, target_state: Any,
   found, read = _newest_readable(
       manager, step, lambda s: _restore_step(manager, s, abstract, data_iterator),
       set_aside_unreadable)
-  return (None, None) if found is None else (found, _complete(read[1], read[0], abstract, tx,
-                                                              found))
+  if found is None:
+    return None, None
+  absent, state = read
+  return found, _complete(state, absent, abstract, tx, found)
 
 
 def restore_weights(reader: Manager, target_params: Any, ema: bool,

@@ -136,20 +136,19 @@ def make_log_prob_step(exp: Experiment) -> Callable:
   return _on_mesh(exp, jitted)
 
 
-def _checkpoint_dir(workdir: str) -> str:
-  """The workdir's checkpoint directory; a one-line error when it holds no step."""
+def _check_has_checkpoint(workdir: str) -> None:
+  """A one-line error when the workdir's checkpoint directory holds no step."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory) or not any(d.isdigit() for d in os.listdir(directory)):
     raise errors.MissingInput(
         f"no checkpoint in {directory}: train first with "
         f"python -m prime_jax.main --config=... --workdir={workdir} --mode=train")
-  return directory
 
 
 def restore(exp: Experiment, workdir: str, step_number: int = -1
             ) -> tuple[int, step.TrainState]:
   """(step, state) of the newest checkpoint in `workdir` (or of `step_number` >= 0)."""
-  _checkpoint_dir(workdir)
+  _check_has_checkpoint(workdir)
   manager = checkpointing.make_manager(workdir, exp.config)
   return checkpointing.restore_latest(manager, abstract_state(exp), tx=exp.task.tx,
                                       step=None if step_number < 0 else step_number)
@@ -159,7 +158,7 @@ def restore_weights(exp: Experiment, workdir: str, step_number: int = -1, ema: b
                     ) -> tuple[int, Any]:
   """(step, EMA or raw params) of the newest checkpoint (or of `step_number` >= 0): eval's and
   sampling's restore, which reads one copy of the weights and no optimizer state."""
-  _checkpoint_dir(workdir)
+  _check_has_checkpoint(workdir)
   found, params = checkpointing.restore_weights(
       checkpointing.make_reader(workdir), abstract_state(exp).params, ema,
       step=None if step_number < 0 else step_number)

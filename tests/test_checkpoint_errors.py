@@ -27,7 +27,7 @@ def test_truncated_newest_checkpoint_is_skipped_with_one_line_and_the_previous_r
       with open(name, "r+b") as f:
         f.truncate(os.path.getsize(name) // 2)
 
-  assert experiment.restore(run, path)[0] == 2  # A reader (eval, sample) falls back too ...
+  assert experiment.restore_weights(run, path)[0] == 2  # A reader (eval, sample) falls back too ...
   assert os.path.isdir(os.path.join(path, "checkpoints", "4"))  # ... and moves nothing.
   capsys.readouterr()
 
