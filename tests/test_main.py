@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from run_helpers import compile_cache  # noqa: F401  (the session's shared compilation cache)
+
 tfds = pytest.importorskip("tensorflow_datasets")
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -29,13 +31,14 @@ LAUNCHER = ("import runpy, sys, tensorflow_datasets as tfds\n"
             "  runpy.run_module('prime_jax.main', run_name='__main__')\n")
 
 
-def _run(workdir, mode, *extra):
-  """One CLI call. The calls share a compilation cache beside the workdir: eval and sample then
-  load the model, evaluation and sampler that train compiled."""
+def _run(workdir, cache, mode, *extra):
+  """One CLI call, with the compilation cache `cache`: eval and sample load the evaluation and
+  sampler that train compiled, and train loads the train step of the tests' tiny config (the
+  same shapes) when an earlier module compiled it."""
   argv = [f"--config={ROOT}/configs/shakespeare.py:ell=2", f"--workdir={workdir}",
           f"--mode={mode}", *TINY, *extra]
   env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT), "JAX_PLATFORMS": "cpu",
-         "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(workdir), "jax_cache"),
+         "JAX_COMPILATION_CACHE_DIR": cache,
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   proc = subprocess.run([sys.executable, "-c", LAUNCHER, *argv], env=env, capture_output=True,
@@ -44,10 +47,10 @@ def _run(workdir, mode, *extra):
   return proc.stdout
 
 
-def test_train_eval_sample_on_mock_tfds(tmp_path):
+def test_train_eval_sample_on_mock_tfds(tmp_path, compile_cache):
   workdir = str(tmp_path / "run")
-  out = _run(workdir, "train") + _run(workdir, "eval")
-  out += _run(workdir, "sample", "--config.sample.prefix=To be")
+  out = _run(workdir, compile_cache, "train") + _run(workdir, compile_cache, "eval")
+  out += _run(workdir, compile_cache, "sample", "--config.sample.prefix=To be")
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["data"]["name"] == "tiny_shakespeare" and saved["train"]["num_steps"] == 4
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
