@@ -15,6 +15,7 @@ from model_helpers import (TINY_IMAGE, TINY_TEXT, check_boxed, init, jitted_appl
 from prime_jax.models import (ACTIVATION_AXES, LOGICAL_AXES, REMAT_POLICIES, PrimeTransformer,
                               PrimeUNet, apply_rotary, count_params,
                               transformer_body_matmul_params)
+from prime_jax.models.layers import flat_matmul
 from prime_jax.subtokens import PrimeCode
 
 
@@ -315,6 +316,25 @@ def test_param_counters():
   assert model.body_matmul_params() == body == transformer_body_matmul_params(24, 2, 4)
   assert transformer_body_matmul_params(768, 12) == 12 * 12 * 768**2
 
+
+
+@pytest.mark.parametrize("num_in_axes,x_shape,k_shape", [
+    (1, (2, 3, 5), (5, 7)), (1, (2, 3, 4, 5), (5, 2, 3)), (2, (2, 3, 4, 5), (4, 5, 6))])
+def test_flat_matmul_is_the_contraction_in_value_and_gradient(num_in_axes, x_shape, k_shape):
+  x = jax.random.normal(key(1), x_shape)
+  kernel = jax.random.normal(key(2), k_shape)
+  n_lead, n_out = len(x_shape) - num_in_axes, len(k_shape) - num_in_axes
+  letters = "abcdefgh"
+  lead, inner, out = (letters[:n_lead], letters[n_lead:n_lead + num_in_axes],
+                      letters[n_lead + num_in_axes:n_lead + num_in_axes + n_out])
+  spec = f"{lead}{inner},{inner}{out}->{lead}{out}"
+  ref, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), x, kernel)
+  got, got_vjp = jax.vjp(lambda a, b: flat_matmul(a, b, num_in_axes), x, kernel)
+  assert got.shape == ref.shape == x_shape[:n_lead] + k_shape[num_in_axes:]
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(key(3), ref.shape)
+  for g, r in zip(got_vjp(cotangent), ref_vjp(cotangent)):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 # --------------------------------------------------------------------------- U-Net
 

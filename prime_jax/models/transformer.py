@@ -22,9 +22,8 @@ import jax.numpy as jnp
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
 from prime_jax.models.layers import (Conditioning, DenseGeneral, LayerNorm, Modulation,
                                      apply_rotary, check_attention_impl,
-                                     check_positive_ints, constrain,
-                                     default_kernel_init, dot_product_attention, logical,
-                                     modulate, zeros_init)
+                                     check_positive_ints, constrain, dot_product_attention,
+                                     modulate)
 from prime_jax.subtokens import PrimeCode
 
 Dtype = Any
@@ -93,12 +92,11 @@ class DiTBlock(nn.Module):
     # MLP.
     h = modulate(LayerNorm(param_dtype=self.param_dtype, name="norm2")(x_BLD), shift2, scale2)
     h = h.astype(self.dtype)
-    h = nn.Dense(self.mlp_ratio * d, kernel_init=logical(default_kernel_init, ("embed", "mlp")),
-                 bias_init=logical(zeros_init, ("mlp",)), name="mlp_in", **dense)(h)
+    h = DenseGeneral((self.mlp_ratio * d,), ("embed", "mlp"), ("mlp",), name="mlp_in",
+                     **dense)(h)
     h = constrain(h, ("batch", "length", "mlp"))
     h = nn.gelu(h, approximate=True)
-    h = nn.Dense(d, kernel_init=logical(default_kernel_init, ("mlp", "embed")),
-                 bias_init=logical(zeros_init, ("embed",)), name="mlp_out", **dense)(h)
+    h = DenseGeneral((d,), ("mlp", "embed"), ("embed",), name="mlp_out", **dense)(h)
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
     x_BLD = x_BLD + gate2 * h.astype(jnp.float32)
     return constrain(x_BLD, ACTIVATION_AXES), None
@@ -202,9 +200,8 @@ class PrimeTransformer(nn.Module):
     h = modulate(LayerNorm(param_dtype=self.param_dtype, name="final_norm")(x_BLD), shift, scale)
     if return_features:
       return constrain(h.astype(self.dtype), ACTIVATION_AXES)
-    logits_BLC = nn.Dense(self.code.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                          kernel_init=logical(zeros_init, ("embed", "vocab")),
-                          bias_init=logical(zeros_init, ("vocab",)),
-                          name="head")(h.astype(self.dtype))
+    logits_BLC = DenseGeneral((self.code.vocab_size,), ("embed", "vocab"), ("vocab",),
+                              zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                              name="head")(h.astype(self.dtype))
     logits_BLC = constrain(logits_BLC, ("batch", "length", "vocab"))
     return logits_BLC.astype(self.logits_dtype)
