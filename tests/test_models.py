@@ -133,6 +133,21 @@ def test_rotary_scores_depend_only_on_relative_position():
                              jnp.linalg.norm(q), rtol=1e-5)
 
 
+
+def test_rotary_constant_tables_equal_the_traced_ones():
+  """The model passes NumPy positions (constant cos/sin tables); they rotate as traced ones do,
+  and the rotation is the explicit 2-D rotation of each pair (i, i + H/2)."""
+  x = jax.random.normal(key(4), (2, 33, 3, 8))
+  positions = np.arange(33)
+  constant = apply_rotary(x, positions)
+  np.testing.assert_allclose(constant, apply_rotary(x, jnp.asarray(positions)), atol=2e-5)
+  angle = 17 * 10_000.0 ** (-1 / 4)  # position 17, pair i = 1 of H = 8
+  x1, x2 = x[:, 17, :, 1], x[:, 17, :, 5]
+  np.testing.assert_allclose(constant[:, 17, :, 1], x1 * np.cos(angle) - x2 * np.sin(angle),
+                             atol=1e-5)
+  np.testing.assert_allclose(constant[:, 17, :, 5], x2 * np.cos(angle) + x1 * np.sin(angle),
+                             atol=1e-5)
+
 def test_transformer_bad_construction_raises():
   code = PrimeCode(27, 3)
   with pytest.raises(ValueError, match=r"d_model=30.*num_heads=4"):

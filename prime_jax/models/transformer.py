@@ -18,6 +18,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
 from prime_jax.models.layers import (Conditioning, DenseGeneral, LayerNorm, Modulation,
@@ -78,7 +79,7 @@ class DiTBlock(nn.Module):
     q_BLNH = DenseGeneral(name="query", **qkv_kw)(h)
     k_BLNH = DenseGeneral(name="key", **qkv_kw)(h)
     v_BLNH = DenseGeneral(name="value", **qkv_kw)(h)
-    positions_L = jnp.arange(x_BLD.shape[1])
+    positions_L = np.arange(x_BLD.shape[1])
     q_BLNH = apply_rotary(q_BLNH, positions_L)
     k_BLNH = apply_rotary(k_BLNH, positions_L)
     a_BLNH = dot_product_attention(q_BLNH, k_BLNH, v_BLNH, causal=self.causal,
