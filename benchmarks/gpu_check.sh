@@ -4,17 +4,21 @@
 # 32 × 1024 (OWT_BATCHES="32 64" for more), then the sampler's own cost per step at batch 1
 # and 64, all with the XLA flags of launch/gpu_flags.sh.
 #   bash benchmarks/gpu_check.sh
+# SKIP_SETUP=1 uses the packages already installed (a machine with no network, say).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash launch/setup_gpu.sh
+if [ "${SKIP_SETUP:-0}" != 1 ]; then
+  bash launch/setup_gpu.sh
+fi
 source launch/gpu_flags.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# Each part runs under its own time limit; one that fails is reported and the rest still run.
 # shellcheck disable=SC2086
-timeout 180 python3 -m benchmarks.train_step --owt --owt_only --owt_batch ${OWT_BATCHES:-32} \
-  --repeats 10
+timeout 240 python3 -m benchmarks.train_step --owt --owt_only --owt_batch ${OWT_BATCHES:-32} \
+  --repeats 10 || echo "[gpu_check] the OWT train step failed (exit $?)"
 for batch in 1 64; do
-  timeout 60 python3 -m benchmarks.sampling --seq_len=1024 --vocab=50257 --d_model=768 \
-    --layers=12 --heads=12 --lengths=2 --batch="$batch" --dtype=bfloat16 --overhead_only \
-    --forward_calls=20 --repeats=2
+  timeout "$((batch > 1 ? 180 : 60))" python3 -m benchmarks.sampling --seq_len=1024 \
+    --vocab=50257 --d_model=768 --layers=12 --heads=12 --lengths=2 --batch="$batch" --dtype=bfloat16 --overhead_only \
+    --forward_calls=20 --repeats=2 || echo "[gpu_check] the sampler at batch $batch failed (exit $?)"
 done

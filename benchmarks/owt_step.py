@@ -5,10 +5,12 @@ On an accelerator: step time, tokens/s, MFU against the device's peak, compiled 
 head and the objective), measured as the full step minus a step whose loss reads the blocks'
 output directly. On a CPU only the compiled peak memory, at the batch asked for (no timing).
   python3 -m benchmarks.train_step --owt [--owt_batch 32] [--peak_tflops 989]
+      [--owt_set model.remat=False ...] [--owt_no_share] [--owt_profile DIR]
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import time
@@ -31,13 +33,37 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0
                     "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
 
 
-def owt_config(batch: int, ell: int = 2, carry_over: bool = True) -> ml_collections.ConfigDict:
+def owt_config(batch: int, ell: int = 2, carry_over: bool = True,
+               overrides: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
   """configs/openwebtext.py (its remat, scan and fused-head settings) on one device at a
-  micro-batch of `batch` sequences."""
+  micro-batch of `batch` sequences, with 'section.key=value' `overrides` (checked, then the
+  whole config validated, before anything compiles)."""
   c = config_lib.load(f"{OWT_CONFIG}:ell={ell},carry_over={carry_over}")
   c.train.batch_size = batch
   c.mesh.update(data=1, fsdp=1, tensor=1)
+  for item in overrides:
+    _override(c, item)
+  config_lib.validate(c, 1)
   return c
+
+
+def _override(c: ml_collections.ConfigDict, item: str) -> None:
+  key, eq, raw = item.partition("=")
+  section, dot, field = key.strip().partition(".")
+  if not (eq and dot) or section not in c or not isinstance(c[section], ml_collections.ConfigDict):
+    raise config_lib.ConfigError(f"override {item!r} is not section.key=value with a section "
+                                 f"of {sorted(c.keys())}")
+  if field not in c[section]:
+    raise config_lib.ConfigError(f"override {item!r}: config.{section} has no key {field!r}; "
+                                 f"known: {sorted(c[section].keys())}")
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  try:
+    c[section][field] = value
+  except TypeError as e:
+    raise config_lib.ConfigError(f"override {item!r}: {e}") from None
 
 
 def model_flops(config: ml_collections.ConfigDict) -> float:
@@ -95,14 +121,18 @@ def peak_bytes(compiled: Any) -> int:
 
 
 def _time(compiled: Any, task: step_lib.Task, shard: Any, config: ml_collections.ConfigDict,
-          repeats: int) -> float:
-  """Median seconds of `compiled` over `repeats` steps after one warm-up step."""
+          repeats: int, profile_dir: str = "") -> float:
+  """Median seconds of `compiled` over `repeats` steps after one warm-up step; with
+  `profile_dir`, a `jax.profiler` trace of three more steps is written there."""
   seq, batch = config.data.seq_len, config.train.batch_size
-  state = jax.jit(lambda k: step_lib.init_state(task, k, (seq,)), out_shardings=shard)(
-      jax.random.key(0))
+  init = jax.jit(lambda k: step_lib.init_state(task, k, (seq,)), out_shardings=shard)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, GPT2_VOCAB, (batch, seq)),
                        jnp.int32)
-  return median_step_seconds(compiled, state, tokens, repeats)
+  sec = median_step_seconds(compiled, init(jax.random.key(0)), tokens, repeats)
+  if profile_dir:  # a fresh state: the timed steps donated theirs
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      median_step_seconds(compiled, init(jax.random.key(0)), tokens, 3)
+  return sec
 
 
 def median_step_seconds(step: Callable, state: Any, tokens: jax.Array, repeats: int) -> float:
@@ -128,9 +158,10 @@ def device_peak_tflops(given: float) -> float:
 
 
 def report(batch: int, repeats: int, peak_tflops: float,
-           config: ml_collections.ConfigDict | None = None, timed: bool | None = None) -> dict:
+           config: ml_collections.ConfigDict | None = None, timed: bool | None = None,
+           head_share: bool = True, profile_dir: str = "") -> dict:
   """Prints and returns the OWT-small figures at `batch` (or of `config`); timed by default
-  only on an accelerator."""
+  only on an accelerator. `head_share=False` skips the second (body-only) compile."""
   config = config or owt_config(batch)
   batch = config.train.batch_size
   timed = jax.default_backend() != "cpu" if timed is None else timed
@@ -145,14 +176,20 @@ def report(batch: int, repeats: int, peak_tflops: float,
   if not timed:
     print(line + " (memory only)", flush=True)
     return out
-  sec = _time(compiled, task, shard, config, repeats)
-  body, *_ = compile_step(config, _body_only_step)
-  body_sec = _time(body, task, shard, config, repeats)
+  sec = _time(compiled, task, shard, config, repeats, profile_dir)
+  if profile_dir:  # the optimized HLO names the fusions the trace shows
+    with open(os.path.join(profile_dir, "step.hlo.txt"), "w") as f:
+      f.write(compiled.as_text())
   tflops = device_peak_tflops(peak_tflops)
   mfu = model_flops(config) / sec / (tflops * 1e12) if tflops else float("nan")
-  out.update(step_s=sec, tokens_per_s=batch * config.data.seq_len / sec, mfu=mfu,
-             head_share=1.0 - body_sec / sec)
-  print(f"{line}; {sec * 1e3:.1f} ms/step, {out['tokens_per_s']:,.0f} tokens/s, MFU "
-        f"{mfu:.1%} of {tflops:.0f} TFLOP/s ({jax.devices()[0].device_kind}); head + objective "
-        f"{out['head_share']:.1%} of the step ({body_sec * 1e3:.1f} ms without them)", flush=True)
+  out.update(step_s=sec, tokens_per_s=batch * config.data.seq_len / sec, mfu=mfu)
+  line += (f"; {sec * 1e3:.1f} ms/step, {out['tokens_per_s']:,.0f} tokens/s, MFU {mfu:.1%} of "
+           f"{tflops:.0f} TFLOP/s ({jax.devices()[0].device_kind})")
+  if head_share:
+    body, *_ = compile_step(config, _body_only_step)
+    body_sec = _time(body, task, shard, config, repeats)
+    out["head_share"] = 1.0 - body_sec / sec
+    line += (f"; head + objective {out['head_share']:.1%} of the step ({body_sec * 1e3:.1f} ms "
+             "without them)")
+  print(line, flush=True)
   return out

@@ -9,6 +9,7 @@ Also the 8-virtual-device vs 1-device step time (run with --devices 8), and with
 OpenWebText-small step in bf16 (`benchmarks.owt_step`: MFU, tokens/s, compiled peak memory and
 the head + objective share on an accelerator; compiled peak memory alone on a CPU).
   python3 -m benchmarks.train_step [--devices 8] [--owt [--owt_batch 32] [--owt_only]]
+      [--owt_set model.remat=False ...] [--owt_no_share] [--owt_profile DIR]
 """
 
 import argparse
@@ -26,6 +27,12 @@ def _parse():
   p.add_argument("--owt_batch", type=int, nargs="+", default=[32],
                  help="micro-batch sizes (sequences of 1024) for --owt")
   p.add_argument("--owt_only", action="store_true", help="skip the small CPU shapes")
+  p.add_argument("--owt_set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                 help="overrides of configs/openwebtext.py for --owt, e.g. model.remat=False")
+  p.add_argument("--owt_no_share", action="store_true",
+                 help="skip the head + objective share (one compile instead of two)")
+  p.add_argument("--owt_profile", default="", metavar="DIR",
+                 help="write a jax.profiler trace of three OWT steps to DIR")
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="device peak for MFU (default: from the device kind, e.g. 989 on H100)")
   return p.parse_args()
@@ -103,7 +110,9 @@ def main():
     small_shapes(args)
   if args.owt:
     for batch in args.owt_batch:
-      owt_step.report(batch, args.repeats, args.peak_tflops)
+      config = owt_step.owt_config(batch, overrides=tuple(args.owt_set))
+      owt_step.report(batch, args.repeats, args.peak_tflops, config,
+                      head_share=not args.owt_no_share, profile_dir=args.owt_profile)
 
 
 def small_shapes(args: argparse.Namespace) -> None:

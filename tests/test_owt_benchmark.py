@@ -3,6 +3,7 @@
 import pytest
 
 from benchmarks import owt_step
+from prime_jax import config as config_lib
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +35,21 @@ def test_report_times_the_step_and_the_head_share(small_owt, capsys):
   # A 50257-way head on a 32-wide, 2-block body: the head and objective are most of the step.
   assert 0.5 < out["head_share"] < 1.0
   assert "MFU" in capsys.readouterr().out
+
+
+def test_report_without_the_share_compiles_once_and_writes_a_profile(small_owt, tmp_path):
+  out = owt_step.report(2, 1, peak_tflops=1.0, config=small_owt, timed=True, head_share=False,
+                        profile_dir=str(tmp_path))
+  assert out["step_s"] > 0 and "head_share" not in out
+  assert list(tmp_path.rglob("*.trace.json.gz"))
+
+
+def test_overrides_reach_the_config_and_bad_ones_name_the_key():
+  c = owt_step.owt_config(4, overrides=("model.remat=False", "model.fused_head_chunk=8192",
+                                        "model.remat_policy=full"))
+  assert (c.model.remat, c.model.fused_head_chunk, c.model.remat_policy) == (False, 8192, "full")
+  for bad, named in [("model.remats=False", "remats"), ("modl.remat=False", "modl.remat"),
+                     ("model.remat", "model.remat"), ("model.remat='yes'", "remat"),
+                     ("model.remat_policy=fast", "model.remat_policy")]:
+    with pytest.raises(config_lib.ConfigError, match=named):
+      owt_step.owt_config(4, overrides=(bad,))
