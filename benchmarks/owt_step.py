@@ -123,7 +123,7 @@ def peak_bytes(compiled: Any) -> int:
 def _time(compiled: Any, task: step_lib.Task, shard: Any, config: ml_collections.ConfigDict,
           repeats: int, profile_dir: str = "") -> float:
   """Median seconds of `compiled` over `repeats` steps after one warm-up step; with
-  `profile_dir`, a `jax.profiler` trace of three more steps is written there."""
+  `profile_dir`, a `jax.profiler` trace of four more steps (one warm-up) is written there."""
   seq, batch = config.data.seq_len, config.train.batch_size
   init = jax.jit(lambda k: step_lib.init_state(task, k, (seq,)), out_shardings=shard)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, GPT2_VOCAB, (batch, seq)),

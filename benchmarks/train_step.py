@@ -32,7 +32,7 @@ def _parse():
   p.add_argument("--owt_no_share", action="store_true",
                  help="skip the head + objective share (one compile instead of two)")
   p.add_argument("--owt_profile", default="", metavar="DIR",
-                 help="write a jax.profiler trace of three OWT steps to DIR")
+                 help="write a jax.profiler trace of four OWT steps and the HLO to DIR")
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="device peak for MFU (default: from the device kind, e.g. 989 on H100)")
   return p.parse_args()
