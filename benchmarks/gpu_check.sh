@@ -19,6 +19,7 @@ timeout 240 python3 -m benchmarks.train_step --owt --owt_only --owt_batch ${OWT_
   --repeats 10 || echo "[gpu_check] the OWT train step failed (exit $?)"
 for batch in 1 64; do
   timeout "$((batch > 1 ? 180 : 60))" python3 -m benchmarks.sampling --seq_len=1024 \
-    --vocab=50257 --d_model=768 --layers=12 --heads=12 --lengths=2 --batch="$batch" --dtype=bfloat16 --overhead_only \
-    --forward_calls=20 --repeats=2 || echo "[gpu_check] the sampler at batch $batch failed (exit $?)"
+    --vocab=50257 --d_model=768 --layers=12 --heads=12 --lengths=2 --batch="$batch" \
+    --dtype=bfloat16 --overhead_only --forward_calls=20 --repeats=2 ||
+    echo "[gpu_check] the sampler at batch $batch failed (exit $?)"
 done

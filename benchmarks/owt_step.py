@@ -10,7 +10,6 @@ output directly. On a CPU only the compiled peak memory, at the batch asked for 
 
 from __future__ import annotations
 
-import ast
 import functools
 import os
 import time
@@ -57,11 +56,7 @@ def _override(c: ml_collections.ConfigDict, item: str) -> None:
     raise config_lib.ConfigError(f"override {item!r}: config.{section} has no key {field!r}; "
                                  f"known: {sorted(c[section].keys())}")
   try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    value = raw
-  try:
-    c[section][field] = value
+    c[section][field] = config_lib.literal(raw)
   except TypeError as e:
     raise config_lib.ConfigError(f"override {item!r}: {e}") from None
 

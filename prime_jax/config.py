@@ -114,6 +114,14 @@ def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
   return raw
 
 
+def literal(raw: str) -> Any:
+  """A Python literal written on a command line ('False', '8192', "'a'"), else the text itself."""
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> ml_collections.ConfigDict:
   """'k=v,k2=v2' -> ConfigDict over `defaults`; unknown keys are an error naming the known ones."""
   values = dict(defaults)
@@ -124,10 +132,7 @@ def parse_arg(arg: str | None, defaults: dict[str, Any]) -> ml_collections.Confi
     key = key.strip()
     if key not in defaults:
       raise ConfigError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
+    value = literal(raw)
     values[key] = type(defaults[key])(value) if defaults[key] is not None else value
   return ml_collections.ConfigDict(values)
 
