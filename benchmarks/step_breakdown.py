@@ -1,0 +1,125 @@
+"""Where the CPU train step's time goes, by ablation rather than by trace.
+
+On XLA:CPU a profile trace misattributes time: weight-gradient products run as asynchronous
+Eigen dots whose work lands inside whatever op shares the cores. This script times variants
+of the same jitted computation instead, at one of `benchmarks.train_step`'s shapes:
+  forward           the training loss alone
+  forward+backward  the loss and its gradient for every parameter
+  dX chain          the gradient of the embedding table only: no weight-gradient products
+  no attention      every block's attention output replaced by its values (softmax
+                    attention, q/k projections and rotary drop out as dead code)
+  train step        the full step (clip, AdamW, EMA)
+Parameters are perturbed from their init, since the zero-initialised head and adaLN would
+otherwise give an all-zero backward.
+  python3 -m benchmarks.step_breakdown [--shape bytes|gpt2|gpt2co] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import owt_step, train_step as bench
+from prime_jax import step as step_lib
+from prime_jax.models import transformer
+
+# (vocabulary, carry-over, L, B, fused-head chunk), as in benchmarks.train_step.
+SHAPES = {"bytes": (256, True, 256, 8, 0), "gpt2": (50257, False, 128, 4, 2048),
+          "gpt2co": (50257, True, 128, 4, 2048)}
+
+
+@contextlib.contextmanager
+def attention_as_values() -> Iterator[None]:
+  """Within the block, the text model's attention returns its values unchanged (traced calls)."""
+  original = transformer.dot_product_attention
+  transformer.dot_product_attention = lambda q, k, v, **kw: v
+  try:
+    yield
+  finally:
+    transformer.dot_product_attention = original
+
+
+def seconds(fn: Callable, *args: Any, repeats: int, inner: int = 3) -> float:
+  """Median wall seconds of one call of the jitted `fn(*args)` (compiled on a warm-up call)."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(inner):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / inner)
+  return float(np.median(times))
+
+
+def setup(shape: str, d_model: int = 256, num_layers: int = 4, num_heads: int = 4,
+          seq: int = 0, batch: int = 0) -> tuple[step_lib.Task, Any, jax.Array]:
+  """The task of `shape` (its L and B unless `seq`, `batch` > 0), perturbed parameters and one
+  batch of tokens."""
+  vocab, carry, shape_seq, shape_batch, chunk = SHAPES[shape]
+  seq, batch = seq or shape_seq, batch or shape_batch
+  config = bench._config(2, d_model, num_layers, num_heads, seq, batch, carry, fused_chunk=chunk)
+  task = step_lib.build_task(config, vocab, (seq,))
+  params = step_lib.init_state(task, jax.random.key(0), (seq,)).params
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
+                                     for x, k in zip(leaves, keys)])
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, seq)), jnp.int32)
+  return task, params, tokens
+
+
+def loss_fn(task: step_lib.Task) -> Callable:
+  key = jax.random.key(2)
+  return lambda params, tokens: step_lib.loss_terms(task, params, tokens, key,
+                                                    train=True)[0].mean()
+
+
+def embed_only_grad(task: step_lib.Task) -> Callable:
+  """Gradient of the loss for the embedding table alone (other parameters held fixed)."""
+  loss = loss_fn(task)
+  return jax.grad(lambda embed, rest, tokens: loss({**rest, "embed": embed}, tokens))
+
+
+def breakdown(shape: str, repeats: int) -> dict[str, float]:
+  """Seconds of each variant of the module docstring at `shape`."""
+  task, params, tokens = setup(shape)
+  loss = loss_fn(task)
+  rest = {k: v for k, v in params.items() if k != "embed"}
+  out = {"forward": seconds(jax.jit(loss), params, tokens, repeats=repeats),
+         "forward+backward": seconds(jax.jit(jax.grad(loss)), params, tokens, repeats=repeats),
+         "dX chain": seconds(jax.jit(embed_only_grad(task)), params["embed"], rest, tokens,
+                             repeats=repeats)}
+  with attention_as_values():
+    no_attention = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
+  out["no attention"] = seconds(no_attention, params, tokens, repeats=repeats)
+  state = step_lib.init_state(task, jax.random.key(0), tokens.shape[1:]).replace(params=params)
+  step = jax.jit(functools.partial(step_lib.train_step, task), donate_argnums=0)
+  out["train step"] = owt_step.median_step_seconds(step, state, tokens, repeats)
+  return out
+
+
+def main() -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument("--shape", choices=tuple(SHAPES), default="bytes")
+  p.add_argument("--repeats", type=int, default=7)
+  args = p.parse_args()
+  t = breakdown(args.shape, args.repeats)
+  for name, sec in t.items():
+    print(f"{name:>17}: {sec * 1e3:7.1f} ms")
+  fwd, full = t["forward"], t["forward+backward"]
+  print(f"backward / forward: {(full - fwd) / fwd:.2f}; weight-gradient products "
+        f"{(full - t['dX chain']) / full:.0%} of forward+backward; attention (with q/k "
+        f"projections and rotary) {(full - t['no attention']) / full:.0%}; optimizer and "
+        f"the rest of the step {(t['train step'] - full) / t['train step']:.0%}")
+
+
+if __name__ == "__main__":
+  main()
