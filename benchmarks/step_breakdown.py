@@ -60,20 +60,20 @@ def seconds(fn: Callable, *args: Any, repeats: int, inner: int = 3) -> float:
 
 
 def setup(shape: str, d_model: int = 256, num_layers: int = 4, num_heads: int = 4,
-          seq: int = 0, batch: int = 0) -> tuple[step_lib.Task, Any, jax.Array]:
-  """The task of `shape` (its L and B unless `seq`, `batch` > 0), perturbed parameters and one
-  batch of tokens."""
+          seq: int = 0, batch: int = 0) -> tuple[step_lib.Task, step_lib.TrainState, jax.Array]:
+  """The task of `shape` (its L and B unless `seq`, `batch` > 0), a fresh state with perturbed
+  parameters and one batch of tokens."""
   vocab, carry, shape_seq, shape_batch, chunk = SHAPES[shape]
   seq, batch = seq or shape_seq, batch or shape_batch
   config = bench._config(2, d_model, num_layers, num_heads, seq, batch, carry, fused_chunk=chunk)
   task = step_lib.build_task(config, vocab, (seq,))
-  params = step_lib.init_state(task, jax.random.key(0), (seq,)).params
-  leaves, tree = jax.tree.flatten(params)
+  state = step_lib.init_state(task, jax.random.key(0), (seq,))
+  leaves, tree = jax.tree.flatten(state.params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
   params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
                                      for x, k in zip(leaves, keys)])
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, seq)), jnp.int32)
-  return task, params, tokens
+  return task, state.replace(params=params), tokens
 
 
 def loss_fn(task: step_lib.Task) -> Callable:
@@ -90,8 +90,8 @@ def embed_only_grad(task: step_lib.Task) -> Callable:
 
 def breakdown(shape: str, repeats: int) -> dict[str, float]:
   """Seconds of each variant of the module docstring at `shape`."""
-  task, params, tokens = setup(shape)
-  loss = loss_fn(task)
+  task, state, tokens = setup(shape)
+  params, loss = state.params, loss_fn(task)
   rest = {k: v for k, v in params.items() if k != "embed"}
   out = {"forward": seconds(jax.jit(loss), params, tokens, repeats=repeats),
          "forward+backward": seconds(jax.jit(jax.grad(loss)), params, tokens, repeats=repeats),
@@ -100,7 +100,6 @@ def breakdown(shape: str, repeats: int) -> dict[str, float]:
   with attention_as_values():
     no_attention = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
   out["no attention"] = seconds(no_attention, params, tokens, repeats=repeats)
-  state = step_lib.init_state(task, jax.random.key(0), tokens.shape[1:]).replace(params=params)
   step = jax.jit(functools.partial(step_lib.train_step, task), donate_argnums=0)
   out["train step"] = owt_step.median_step_seconds(step, state, tokens, repeats)
   return out

@@ -7,7 +7,9 @@ from benchmarks import step_breakdown
 
 
 def _tiny():
-  return step_breakdown.setup("bytes", d_model=32, num_layers=1, num_heads=2, seq=16, batch=2)
+  task, state, tokens = step_breakdown.setup("bytes", d_model=32, num_layers=1, num_heads=2,
+                                             seq=16, batch=2)
+  return task, state.params, tokens
 
 
 def test_attention_as_values_makes_queries_and_keys_dead_and_is_undone():
