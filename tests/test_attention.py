@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prime_jax.models.layers import dot_product_attention
+from prime_jax.models.attention import dot_product_attention
 
 
 def _grads(fn, q, k, v, g):

@@ -7,8 +7,9 @@ A sharding rule set maps some of these names to mesh axes, e.g.
 ('vocab', 'tensor'))`; names without a rule stay unsharded.
 """
 
+from prime_jax.models.attention import apply_rotary
 from prime_jax.models.embedding import COMBINE_MODES, PrimeEmbedding
-from prime_jax.models.layers import apply_rotary, count_params, timestep_embedding
+from prime_jax.models.layers import count_params, timestep_embedding
 from prime_jax.models.transformer import (REMAT_POLICIES, PrimeTransformer,
                                           transformer_body_matmul_params)
 from prime_jax.models.unet import PrimeUNet

@@ -1,9 +1,9 @@
-"""Pieces shared by the backbones: rotary embedding, time embedding, conditioning, norms.
+"""Pieces shared by the backbones: dense layers, time embedding, conditioning, norms, GELU.
 
 Every parameter is created through `nn.with_logical_partitioning`, so the training code can
 shard it by logical-axis rules (names listed in `prime_jax.models.LOGICAL_AXES`).
-Shape letters: B batch, L length, N heads, H head width, R = H/2 rotary pairs (or half the
-sinusoid's width), F conditioning width (cond_dim).
+Shape letters: B batch (B' = 1 for conditioning shared by the batch), R half the sinusoid's
+width, F conditioning width (cond_dim), D features.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Dtype = Any
 Array = jax.Array
@@ -35,46 +34,6 @@ def constrain(x: Array, names: Sequence[Optional[str]]) -> Array:
   return nn.with_logical_constraint(x, tuple(names))
 
 
-def apply_rotary(x_BLNH: Array, positions_L: Array, *, max_wavelength: float = 10_000.0) -> Array:
-  """Rotary position embedding on the last axis (even size H), half-split convention.
-
-  Pairs (i, i + H/2) are rotated by angle `position * max_wavelength**(-2i/H)`; so
-  <rot(q, m), rot(k, n)> depends on m - n only. Computed in float32, returned in x's dtype.
-  NumPy positions make the cos/sin tables constants (see `rotary_tables`).
-  """
-  head_dim = x_BLNH.shape[-1]
-  if head_dim % 2:
-    raise ValueError(f"rotary embedding needs an even head dimension, got {head_dim}")
-  half = head_dim // 2
-  cos_L1R, sin_L1R = rotary_tables(positions_L, half, max_wavelength)
-  x = x_BLNH.astype(jnp.float32)
-  x1, x2 = x[..., :half], x[..., half:]
-  out = jnp.concatenate([x1 * cos_L1R - x2 * sin_L1R, x2 * cos_L1R + x1 * sin_L1R], axis=-1)
-  return out.astype(x_BLNH.dtype)
-
-
-def rotary_tables(positions_L: Array, half: int, max_wavelength: float) -> tuple[Array, Array]:
-  """cos and sin (L, 1, R) of the rotary angles, float32. For NumPy positions they are computed
-  in float64 at trace time: as traced values XLA:CPU fused cos/sin into every (B, L, N, H)
-  element of the rotation and its gradient (~10% of the bytes-shape train step)."""
-  if isinstance(positions_L, np.ndarray):
-    inv_freq_R = max_wavelength ** (-np.arange(half, dtype=np.float64) / half)
-    angles_LR = positions_L.astype(np.float64)[:, None] * inv_freq_R[None, :]
-    return (np.cos(angles_LR)[:, None, :].astype(np.float32),
-            np.sin(angles_LR)[:, None, :].astype(np.float32))
-  inv_freq_R = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_LR = positions_L.astype(jnp.float32)[:, None] * inv_freq_R[None, :]
-  return jnp.cos(angles_LR)[:, None, :], jnp.sin(angles_LR)[:, None, :]
-
-
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
-
-
-def check_attention_impl(impl: str, owner: str) -> None:
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"{owner}: attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-
-
 def check_positive_ints(module: Any, fields: Sequence[str]) -> None:
   """Raises ValueError naming the module and field when one of `fields` is not an int >= 1."""
   for field in fields:
@@ -82,75 +41,6 @@ def check_positive_ints(module: Any, fields: Sequence[str]) -> None:
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"{type(module).__name__}: {field} must be a positive integer, "
                        f"got {value!r}")
-
-
-def dot_product_attention(q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, *, causal: bool = False,
-                          impl: str = "auto") -> Array:
-  """Softmax attention: the fused cuDNN kernel of `jax.nn.dot_product_attention` where it applies.
-
-  'auto' asks for cuDNN on a GPU with half-precision inputs and head size <= 128 (a multiple of
-  8), and otherwise (or when cuDNN refuses at trace time) uses two einsums with a float32
-  softmax, which XLA:CPU runs about 20% faster than jax's generic XLA path. 'xla' and 'cudnn'
-  force `jax.nn.dot_product_attention` with that implementation.
-  """
-  kw = dict(is_causal=causal)
-  if impl == "auto":
-    head_dim = q_BLNH.shape[-1]
-    if (jax.default_backend() == "gpu" and q_BLNH.dtype in (jnp.bfloat16, jnp.float16)
-        and head_dim <= 128 and head_dim % 8 == 0):
-      try:
-        return jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, implementation="cudnn", **kw)
-      except (RuntimeError, NotImplementedError, ValueError):
-        pass
-    return _einsum_attention(q_BLNH, k_BLNH, v_BLNH, causal)
-  return jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, implementation=impl, **kw)
-
-
-def _einsum_attention(q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, causal: bool) -> Array:
-  to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # (B, L, N, H) <-> (B, N, L, H)
-  scaled_q = q_BLNH * q_BLNH.shape[-1] ** -0.5
-  return to_heads(_softmax_attention(to_heads(scaled_q), to_heads(k_BLNH), to_heads(v_BLNH),
-                                     causal))
-
-
-def _attention_probs(q_BNLH: Array, k_BNSH: Array, causal: bool) -> Array:
-  scores_BNLS = jnp.einsum("BNLH,BNSH->BNLS", q_BNLH, k_BNSH,
-                           preferred_element_type=jnp.float32)
-  if causal:
-    length = q_BNLH.shape[2]
-    scores_BNLS = jnp.where(np.tril(np.ones((length, length), bool)), scores_BNLS, -1e30)
-  return jax.nn.softmax(scores_BNLS, axis=-1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _softmax_attention(q_BNLH: Array, k_BNSH: Array, v_BNSH: Array, causal: bool) -> Array:
-  """softmax(q kᵀ) v with a float32 softmax, heads-major. The backward pass takes rowsum(dP ∘ P)
-  as rowsum(dO ∘ O), a reduction over H instead of over S: the bytes-shape CPU train step is
-  about 4% faster than with autodiff's softmax backward."""
-  return _softmax_attention_fwd(q_BNLH, k_BNSH, v_BNSH, causal)[0]
-
-
-def _softmax_attention_fwd(q_BNLH, k_BNSH, v_BNSH, causal):
-  probs_BNLS = _attention_probs(q_BNLH, k_BNSH, causal)
-  out_BNLH = jnp.einsum("BNLS,BNSH->BNLH", probs_BNLS.astype(v_BNSH.dtype), v_BNSH)
-  return out_BNLH, (q_BNLH, k_BNSH, v_BNSH, probs_BNLS, out_BNLH)
-
-
-def _softmax_attention_bwd(causal, residuals, dout_BNLH):
-  del causal  # masked probabilities are exact zeros, so their gradients vanish on their own
-  q_BNLH, k_BNSH, v_BNSH, probs_BNLS, out_BNLH = residuals
-  dv_BNSH = jnp.einsum("BNLS,BNLH->BNSH", probs_BNLS.astype(v_BNSH.dtype), dout_BNLH)
-  dprobs_BNLS = jnp.einsum("BNLH,BNSH->BNLS", dout_BNLH, v_BNSH,
-                           preferred_element_type=jnp.float32)
-  delta_BNL1 = jnp.sum(dout_BNLH.astype(jnp.float32) * out_BNLH.astype(jnp.float32), axis=-1,
-                       keepdims=True)
-  dscores_BNLS = (probs_BNLS * (dprobs_BNLS - delta_BNL1)).astype(q_BNLH.dtype)
-  dq_BNLH = jnp.einsum("BNLS,BNSH->BNLH", dscores_BNLS, k_BNSH)
-  dk_BNSH = jnp.einsum("BNLS,BNLH->BNSH", dscores_BNLS, q_BNLH)
-  return dq_BNLH, dk_BNSH, dv_BNSH
-
-
-_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def timestep_embedding(t_B: Array, dim: int, *, max_period: float = 10_000.0,
@@ -168,6 +58,63 @@ def timestep_embedding(t_B: Array, dim: int, *, max_period: float = 10_000.0,
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
   """adaLN / FiLM modulation x * (1 + scale) + shift."""
   return x * (1.0 + scale) + shift
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def normalize(x: Array, epsilon: float = 1e-5) -> Array:
+  """(x - mean) / sqrt(var + ε) over the last axis, in float32 (LayerNorm without affine).
+
+  Its backward pass is one row reduction and one elementwise pass from the saved output and
+  1/σ; autodiff's made XLA:CPU write and read several more (B, L, D) arrays.
+  """
+  return _normalize_fwd(x, epsilon)[0]
+
+
+def _normalize_fwd(x, epsilon):
+  x = x.astype(jnp.float32)
+  centred = x - x.mean(-1, keepdims=True)
+  inv_std = jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + epsilon)
+  x_hat = centred * inv_std
+  return x_hat, (x_hat, inv_std)
+
+
+def _normalize_bwd(epsilon, residuals, g):
+  del epsilon
+  x_hat, inv_std = residuals
+  g = g.astype(jnp.float32)
+  mean_g = g.mean(-1, keepdims=True)
+  mean_gx = (g * x_hat).mean(-1, keepdims=True)
+  return (inv_std * (g - mean_g - x_hat * mean_gx),)
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+@jax.custom_vjp
+def gelu_tanh(x: Array) -> Array:
+  """GELU in its tanh form (`jax.nn.gelu(approximate=True)`, as MDLM's DiT uses).
+
+  The backward pass recomputes the derivative from x alone, in float32: autodiff saved four
+  (B, L, F) intermediates from the forward pass (~25 MB per block at the bytes shape).
+  """
+  return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_tanh_fwd(x):
+  return jax.nn.gelu(x, approximate=True), x
+
+
+def _gelu_tanh_bwd(x, g):
+  x32 = x.astype(jnp.float32)
+  x2 = x32 * x32
+  t = jnp.tanh(_GELU_C * x32 * (1.0 + 0.044715 * x2))
+  slope = 0.5 * (1.0 + t) + 0.5 * x32 * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * x2)
+  return ((g.astype(jnp.float32) * slope).astype(g.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
 def fan_avg_init(num_in_axes: int, ndim: int) -> Callable[..., Array]:
@@ -198,6 +145,10 @@ class DenseGeneral(nn.Module):
   Unlike `nn.DenseGeneral`, the kernel is initialised at its full shape, so logical names with
   one entry per kernel axis stay valid when sharding constraints are active during init.
   `kernel_axes` names the kernel axes; `bias_axes` (None: no bias) names the feature axes.
+
+  Affine maps that are the same for every token fold into the kernel instead of costing a pass
+  over the activations: the call computes ((x·in_scale + in_shift) @ kernel + bias)·out_scale,
+  as x @ kernel' + bias' with kernel' = in_scale ⊗ out_scale ∘ kernel (one input axis only).
   """
 
   features: tuple[int, ...]
@@ -209,23 +160,46 @@ class DenseGeneral(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, *, in_scale: Optional[Array] = None,
+               in_shift: Optional[Array] = None, out_scale: Optional[Array] = None) -> Array:
     n_in, features = self.num_in_axes, tuple(self.features)
     kernel_shape = x.shape[x.ndim - n_in:] + features
     if len(self.kernel_axes) != len(kernel_shape):
       raise ValueError(f"kernel_axes {self.kernel_axes} do not match kernel shape {kernel_shape}")
+    if (in_scale is not None or in_shift is not None) and n_in != 1:
+      raise ValueError("in_scale and in_shift need num_in_axes=1")
     init = zeros_init if self.zero_init else fan_avg_init(n_in, len(kernel_shape))
     kernel = self.param("kernel", logical(init, self.kernel_axes), kernel_shape,
                         self.param_dtype)
-    y = flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), n_in)
+    bias = None
     if self.bias_axes is not None:
       bias = self.param("bias", logical(zeros_init, self.bias_axes), features, self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
+    kernel, bias = _fold(kernel, bias, n_in, in_scale, in_shift, out_scale)
+    y = flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), n_in)
+    return y if bias is None else y + bias.astype(self.dtype)
+
+
+def _fold(kernel: Array, bias: Optional[Array], n_in: int, in_scale, in_shift, out_scale
+          ) -> tuple[Array, Optional[Array]]:
+  """The kernel and bias of `DenseGeneral`'s docstring with the three affine maps folded in."""
+  out_shape = kernel.shape[n_in:]
+  if out_scale is not None:
+    out_scale = jnp.reshape(out_scale, out_shape).astype(jnp.float32)
+    kernel = kernel * out_scale
+    bias = None if bias is None else bias * out_scale
+  if in_shift is not None:
+    moved = jnp.tensordot(jnp.reshape(in_shift, kernel.shape[:1]).astype(jnp.float32), kernel,
+                          axes=1)
+    bias = moved if bias is None else bias + moved
+  if in_scale is not None:
+    kernel = kernel * jnp.reshape(in_scale, kernel.shape[:1] + (1,) * len(out_shape))
+  return kernel, bias
 
 
 class Conditioning(nn.Module):
-  """The conditioning vector c (B, cond_dim) that drives adaLN / scale-shift norms.
+  """The conditioning vector c that drives adaLN / scale-shift norms: (B, cond_dim), or
+  (1, cond_dim) when it does not depend on t (it is then shared by the batch, and the
+  transformer folds its modulation into the weights).
 
   Without time conditioning c is one learned constant (t is ignored); with it,
   c = SiLU(MLP(sinusoid(t))). The constant is initialised with unit normal entries so the
@@ -245,12 +219,13 @@ class Conditioning(nn.Module):
     if not self.time_conditioning and not self.zero_time:
       c_F = self.param("constant", logical(nn.initializers.normal(1.0), ("cond",)),
                        (self.cond_dim,), self.param_dtype)
-      return jnp.broadcast_to(c_F.astype(jnp.float32), (batch_size, self.cond_dim))
+      return c_F.astype(jnp.float32)[None]
     if not self.time_conditioning:
-      t_B = jnp.zeros((batch_size,), jnp.float32)
+      t_B = jnp.zeros((1,), jnp.float32)
     elif t_B is None:
       raise ValueError("time_conditioning=True but no time t_B was given")
-    t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (batch_size,))
+    else:
+      t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (batch_size,))
     h = timestep_embedding(t_B, self.frequency_dim)
     h = nn.Dense(self.cond_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
                  kernel_init=logical(default_kernel_init, ("freq", "cond")),
@@ -265,7 +240,8 @@ class Conditioning(nn.Module):
 class Modulation(nn.Module):
   """Zero-initialised projection of the conditioning vector to `num` vectors of width `features`.
 
-  Returns a tuple of `num` arrays (B, features), float32 (the cost is per example, not per token).
+  Returns a tuple of `num` arrays (B, features) (B = c's batch, 1 when shared), float32: the cost
+  is per example, not per token.
   """
 
   num: int
@@ -283,17 +259,34 @@ class Modulation(nn.Module):
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm over the last axis, statistics and output in float32; optional scale, no bias."""
+  """LayerNorm over the last axis, statistics and output in float32; optional scale γ, no bias.
+
+  With `split`, returns (x̂, γ) unscaled, for a caller that folds γ into the next kernel.
+  """
 
   use_scale: bool = True
   epsilon: float = 1e-5
+  split: bool = False
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    return nn.LayerNorm(epsilon=self.epsilon, use_bias=False, use_scale=self.use_scale,
-                        dtype=jnp.float32, param_dtype=self.param_dtype,
-                        scale_init=logical(ones_init, ("norm",)), name="ln")(x)
+  def __call__(self, x: Array) -> Array | tuple[Array, Optional[Array]]:
+    x_hat = normalize(x, self.epsilon)
+    scale = _NormScale(self.param_dtype, name="ln")(x.shape[-1]) if self.use_scale else None
+    if self.split:
+      return x_hat, scale
+    return x_hat if scale is None else x_hat * scale
+
+
+class _NormScale(nn.Module):
+  """The γ (D,) of a `LayerNorm`, where checkpoints keep it ('ln/scale')."""
+
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: int) -> Array:
+    return self.param("scale", logical(ones_init, ("norm",)), (features,),
+                      self.param_dtype).astype(jnp.float32)
 
 
 def count_params(params: Any) -> int:

@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prime_jax.models.attention import apply_rotary, check_attention_impl, dot_product_attention
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
 from prime_jax.models.layers import (Conditioning, DenseGeneral, LayerNorm, Modulation,
-                                     apply_rotary, check_attention_impl,
-                                     check_positive_ints, constrain, dot_product_attention,
-                                     modulate)
+                                     check_positive_ints, constrain, gelu_tanh, modulate)
 from prime_jax.subtokens import PrimeCode
 
 Dtype = Any
@@ -51,7 +50,12 @@ def head_params(params: Any) -> tuple[jax.Array, jax.Array]:
 
 
 class DiTBlock(nn.Module):
-  """Pre-LN block: x += g1·Attn(mod1(LN(x))); x += g2·MLP(mod2(LN(x))); shifts, scales, g from c."""
+  """Pre-LN block: x += g1·Attn(mod1(LN(x))); x += g2·MLP(mod2(LN(x))); shifts, scales, g from c.
+
+  When c is shared by the batch (shape (1, F): no time conditioning), the LayerNorm scale, the
+  modulation and the gates are per-feature constants, and they fold into the projections'
+  kernels and biases (`DenseGeneral`): no (B, L, D) pass is spent on them, forward or backward.
+  """
 
   d_model: int
   num_heads: int
@@ -66,41 +70,55 @@ class DiTBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, c_BF: jax.Array) -> tuple[jax.Array, None]:
     d, n = self.d_model, self.num_heads
-    h_dim = d // n
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    shift1, scale1, gate1, shift2, scale2, gate2 = (
-        m[:, None, :] for m in Modulation(6, d, param_dtype=self.param_dtype,
-                                          name="adaln")(c_BF))
+    shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(
+        6, d, param_dtype=self.param_dtype, name="adaln")(c_BF)
+    shared = c_BF.shape[0] == 1
 
     # Attention.
-    h = modulate(LayerNorm(param_dtype=self.param_dtype, name="norm1")(x_BLD), shift1, scale1)
-    h = h.astype(self.dtype)
-    qkv_kw = dict(features=(n, h_dim), kernel_axes=("embed", "heads", "kv"), **dense)
-    q_BLNH = DenseGeneral(name="query", **qkv_kw)(h)
-    k_BLNH = DenseGeneral(name="key", **qkv_kw)(h)
-    v_BLNH = DenseGeneral(name="value", **qkv_kw)(h)
+    h, fold = self._modulated("norm1", x_BLD, shift1, scale1, shared)
+    qkv_kw = dict(features=(n, d // n), kernel_axes=("embed", "heads", "kv"), **dense)
+    q_BLNH = DenseGeneral(name="query", **qkv_kw)(h, **fold)
+    k_BLNH = DenseGeneral(name="key", **qkv_kw)(h, **fold)
+    v_BLNH = DenseGeneral(name="value", **qkv_kw)(h, **fold)
     positions_L = np.arange(x_BLD.shape[1])
     q_BLNH = apply_rotary(q_BLNH, positions_L)
     k_BLNH = apply_rotary(k_BLNH, positions_L)
     a_BLNH = dot_product_attention(q_BLNH, k_BLNH, v_BLNH, causal=self.causal,
                                    impl=self.attention_impl)
     a_BLD = DenseGeneral((d,), ("heads", "kv", "embed"), num_in_axes=2, name="attn_out",
-                         **dense)(a_BLNH)
+                         **dense)(a_BLNH, out_scale=gate1 if shared else None)
     a_BLD = nn.Dropout(self.dropout, deterministic=self.deterministic)(a_BLD)
-    x_BLD = x_BLD + gate1 * a_BLD.astype(jnp.float32)
+    x_BLD = x_BLD + _gated(a_BLD, gate1, shared)
     x_BLD = constrain(x_BLD, ACTIVATION_AXES)
 
     # MLP.
-    h = modulate(LayerNorm(param_dtype=self.param_dtype, name="norm2")(x_BLD), shift2, scale2)
-    h = h.astype(self.dtype)
+    h, fold = self._modulated("norm2", x_BLD, shift2, scale2, shared)
     h = DenseGeneral((self.mlp_ratio * d,), ("embed", "mlp"), ("mlp",), name="mlp_in",
-                     **dense)(h)
+                     **dense)(h, **fold)
     h = constrain(h, ("batch", "length", "mlp"))
-    h = nn.gelu(h, approximate=True)
-    h = DenseGeneral((d,), ("mlp", "embed"), ("embed",), name="mlp_out", **dense)(h)
+    h = gelu_tanh(h)
+    h = DenseGeneral((d,), ("mlp", "embed"), ("embed",), name="mlp_out",
+                     **dense)(h, out_scale=gate2 if shared else None)
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
-    x_BLD = x_BLD + gate2 * h.astype(jnp.float32)
+    x_BLD = x_BLD + _gated(h, gate2, shared)
     return constrain(x_BLD, ACTIVATION_AXES), None
+
+  def _modulated(self, name: str, x_BLD: jax.Array, shift: jax.Array, scale: jax.Array,
+                 shared: bool) -> tuple[jax.Array, dict]:
+    """The next projection's input and what it folds: LN(x)·(1 + scale) + shift in full
+    when the modulation is per example; otherwise x̂ alone, the rest left to the kernel."""
+    x_hat, gamma = LayerNorm(split=True, param_dtype=self.param_dtype, name=name)(x_BLD)
+    if shared:
+      return x_hat.astype(self.dtype), dict(in_scale=gamma * (1.0 + scale), in_shift=shift)
+    h = modulate(x_hat * gamma, shift[:, None, :], scale[:, None, :])
+    return h.astype(self.dtype), {}
+
+
+def _gated(y_BLD: jax.Array, gate: jax.Array, shared: bool) -> jax.Array:
+  """The residual branch in float32, times its gate unless the gate was folded into y's kernel."""
+  y_BLD = y_BLD.astype(jnp.float32)
+  return y_BLD if shared else gate[:, None, :] * y_BLD
 
 
 class PrimeTransformer(nn.Module):

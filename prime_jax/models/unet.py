@@ -21,11 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prime_jax.models.attention import check_attention_impl, dot_product_attention
 from prime_jax.models.embedding import PrimeEmbedding, check_embedding_config
-from prime_jax.models.layers import (Conditioning, DenseGeneral, Modulation, check_attention_impl,
-                                     check_positive_ints,
-                                     constrain, dot_product_attention, logical, modulate,
-                                     ones_init, zeros_init)
+from prime_jax.models.layers import (Conditioning, DenseGeneral, Modulation, check_positive_ints,
+                                     constrain, logical, modulate, ones_init, zeros_init)
 from prime_jax.subtokens import PrimeCode
 
 Dtype = Any
