@@ -50,6 +50,8 @@ class Objective:
   fused_loss: Optional[TokenLoss]
   metrics: tuple[str, ...]  # Per-token means a training step reports besides 'loss'.
   eval_sums: tuple[str, ...]  # Per-example sums evaluation returns besides 'count'.
+  # Whether a token with no masked digit has a loss (else the fused head skips its row).
+  every_token: bool = False
 
   @property
   def can_sample(self) -> bool:
@@ -64,7 +66,7 @@ OBJECTIVES = {
     "joint": Objective("joint", False, objectives.joint_loss, fused_head.joint_loss,
                        _DIFFUSION_METRICS, _DIFFUSION_METRICS),
     "cross_entropy": Objective("cross_entropy", False, _cross_entropy, _fused_cross_entropy,
-                               _DIFFUSION_METRICS, _DIFFUSION_METRICS),
+                               _DIFFUSION_METRICS, _DIFFUSION_METRICS, every_token=True),
     "autoregressive": Objective("autoregressive", True, None, None, ("nll",), ("nll",)),
 }
 
@@ -138,8 +140,10 @@ class Loss:
   def _fused_train(self, h, head: tuple, tokens, y, t, axes: tuple[int, ...]
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The diffusion loss and metrics from one chunked pass of the head (`fused_head`)."""
+    active = None if self.objective.every_token else (y == self.code.mask_value).any(-1)
     stats = fused_head.head_stats(self.code, h, *head, tokens, y if self.carry_over else None,
-                                  chunk_size=self.head_chunk, compute_dtype=h.dtype)
+                                  chunk_size=self.head_chunk, compute_dtype=h.dtype,
+                                  active=active)
     per = fused_head.losses_from_stats(self.code, self.schedule, stats, y, t)
     metrics = {name: jax.lax.stop_gradient(per[name]).mean(axes)
                for name in self.objective.metrics}
