@@ -17,6 +17,7 @@ import functools
 import os
 import sys
 import time
+from typing import Any
 
 
 def _parse():
@@ -78,11 +79,11 @@ def _config(vocab_len, d, layers, heads, seq, batch, carry_over, dtype="float32"
   return c
 
 
-def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, batch: int,
-              carry_over: bool, repeats: int, devices=None, dtype="float32",
-              fused_chunk: int = 0) -> float:
-  """Median seconds of one jitted train step (state donated), batch sharded over `devices`;
-  `fused_chunk` > 0 trains through the fused head (model.fused_head_chunk)."""
+def build_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, batch: int,
+               carry_over: bool, devices=None, dtype="float32", fused_chunk: int = 0
+               ) -> tuple[Any, step_lib.TrainState, jax.Array]:
+  """(jitted train step with the state donated, a fresh state, one batch of tokens), the batch
+  sharded over `devices`; `fused_chunk` > 0 trains through the fused head."""
   c = _config(ell, d, layers, heads, seq, batch, carry_over, dtype, fused_chunk)
   devices = devices or jax.devices()[:1]
   c.mesh.update(data=len(devices), fsdp=1, tensor=1)
@@ -101,7 +102,17 @@ def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, b
     tokens = sharding.global_batch(
         np.random.default_rng(0).integers(0, vocab, (batch, seq)).astype(np.int32),
         sharding.batch_sharding(mesh))
-    return owt_step.median_step_seconds(step, state, tokens, repeats)
+  return step, state, tokens
+
+
+def time_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, batch: int,
+              carry_over: bool, repeats: int, devices=None, dtype="float32",
+              fused_chunk: int = 0) -> float:
+  """Median seconds of one jitted train step (state donated), batch sharded over `devices`;
+  `fused_chunk` > 0 trains through the fused head (model.fused_head_chunk)."""
+  step, state, tokens = build_step(vocab, ell, d, layers, heads, seq, batch, carry_over,
+                                   devices, dtype, fused_chunk)
+  return owt_step.median_step_seconds(step, state, tokens, repeats)
 
 
 def main():
