@@ -23,7 +23,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER = os.path.join(os.path.dirname(ROOT), "shared", "tools", "peer")
+PEER = os.path.join(os.path.dirname(ROOT), "shared", "tools", "peer")  # The default --peer.
 # name: (peer config name, carry-over, our fused-head chunk), as in benchmarks.train_step.
 SHAPES = {"bytes": ("bytes", True, 0), "gpt2": ("gpt2", False, 2048),
           "gpt2co": ("gpt2", True, 2048)}
@@ -44,9 +44,9 @@ def _ours_worker(shape: str) -> None:
   _serve(run)
 
 
-def _official_worker(shape: str, src: str) -> None:
+def _official_worker(shape: str, src: str, peer_dir: str) -> None:
   import torch
-  sys.path.insert(0, PEER)
+  sys.path.insert(0, peer_dir)
   import bench_official as bo
   import peer_common as pc
   torch.set_num_threads(os.cpu_count() or 1)
@@ -109,39 +109,42 @@ def _step(proc: subprocess.Popen) -> float:
   return float(proc.stdout.readline())
 
 
-def paired(shape: str, torch_python: str, src: str, pairs: int, warmup: int,
-           pause: float) -> dict:
-  """Per-pair step seconds of both workers at `shape`, alternating which goes first."""
-  me = os.path.abspath(__file__)
-  ours = _start([sys.executable, me, "--worker", "ours", "--shapes", shape])
-  official = _start([torch_python, me, "--worker", "official", "--shapes", shape, "--src", src])
-  times = {"ours": [], "official": []}
+def alternate(commands: dict[str, list[str]], pairs: int, warmup: int, pause: float
+              ) -> dict[str, list[float]]:
+  """Step seconds of each worker (two commands), alternating which goes first each pair and
+  dropping the first `warmup` pairs."""
+  procs = {name: _start(cmd) for name, cmd in commands.items()}
+  times = {name: [] for name in procs}
   try:
     for i in range(warmup + pairs):
-      order = [("ours", ours), ("official", official)]
-      for name, proc in (order if i % 2 else order[::-1]):
+      for name in (list(procs) if i % 2 else list(procs)[::-1]):
         time.sleep(pause)
-        seconds = _step(proc)
+        seconds = _step(procs[name])
         if i >= warmup:
           times[name].append(seconds)
   finally:
-    for proc in (ours, official):
+    for proc in procs.values():
       proc.stdin.close()
       proc.wait()
+  return times
+
+
+def summary(times: dict[str, list[float]]) -> dict:
+  """The median and quartiles of the per-pair ratios official / ours, and each side's times."""
   ratios = sorted(o / m for o, m in zip(times["official"], times["ours"]))
-  q = statistics.quantiles(ratios, n=4)
-  return {"shape": shape, "pairs": pairs, "ratio_median": statistics.median(ratios),
-          "ratio_q1": q[0], "ratio_q3": q[2],
-          "ours_ms_median": 1e3 * statistics.median(times["ours"]),
-          "official_ms_median": 1e3 * statistics.median(times["official"]),
-          "ours_ms_min": 1e3 * min(times["ours"]),
-          "official_ms_min": 1e3 * min(times["official"])}
+  q1, median, q3 = statistics.quantiles(ratios, n=4)
+  out = {"pairs": len(ratios), "ratio_median": median, "ratio_q1": q1, "ratio_q3": q3}
+  for name, values in times.items():
+    out[f"{name}_ms_median"] = 1e3 * statistics.median(values)
+    out[f"{name}_ms_min"] = 1e3 * min(values)
+  return out
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--torch_python", default="", help="a Python with torch (and einops, omegaconf)")
   p.add_argument("--src", default="", help="the official repository's text/ folder")
+  p.add_argument("--peer", default=PEER, help="the folder of bench_official.py")
   p.add_argument("--shapes", default="bytes,gpt2,gpt2co")
   p.add_argument("--pairs", type=int, default=30)
   p.add_argument("--warmup", type=int, default=3)
@@ -151,15 +154,18 @@ def main() -> None:
   if args.worker == "ours":
     return _ours_worker(args.shapes)
   if args.worker == "official":
-    return _official_worker(args.shapes, args.src)
+    return _official_worker(args.shapes, args.src, args.peer)
   if not (args.torch_python and args.src):
     p.error("--torch_python and --src are required (see ../shared/tools/peer/README.md)")
   for shape in args.shapes.split(","):
     if shape not in SHAPES:
       p.error(f"--shapes: unknown shape {shape!r}; expected some of {sorted(SHAPES)}")
+  me = os.path.abspath(__file__)
   for shape in args.shapes.split(","):
-    r = paired(shape, args.torch_python, os.path.abspath(args.src), args.pairs, args.warmup,
-               args.pause)
+    commands = {"ours": [sys.executable, me, "--worker", "ours", "--shapes", shape],
+                "official": [args.torch_python, me, "--worker", "official", "--shapes", shape,
+                             "--src", os.path.abspath(args.src), "--peer", args.peer]}
+    r = {"shape": shape, **summary(alternate(commands, args.pairs, args.warmup, args.pause))}
     print(f"{shape:>7}: official/ours {r['ratio_median']:.3f} [{r['ratio_q1']:.3f}, "
           f"{r['ratio_q3']:.3f}] over {r['pairs']} pairs; median ms official "
           f"{r['official_ms_median']:.1f}, ours {r['ours_ms_median']:.1f}; min "
