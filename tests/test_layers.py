@@ -27,6 +27,8 @@ def test_normalize_value_and_gradient_match_layer_norm_autodiff():
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(layers.normalize(x), reference(x), atol=1e-5)
+  grad_b = jax.grad(lambda x: jnp.sum(w * layers.normalize(x)))(x.astype(jnp.bfloat16))
+  assert grad_b.dtype == jnp.bfloat16  # A cotangent of the input's dtype.
 
 
 def test_gelu_tanh_gradient_matches_the_derivative_in_float32_and_bfloat16():

@@ -60,18 +60,21 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
   return x * (1.0 + scale) + shift
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def normalize(x: Array, epsilon: float = 1e-5) -> Array:
   """(x - mean) / sqrt(var + ε) over the last axis, in float32 (LayerNorm without affine).
 
   Its backward pass is one row reduction and one elementwise pass from the saved output and
   1/σ; autodiff's made XLA:CPU write and read several more (B, L, D) arrays.
   """
+  return _normalize(x.astype(jnp.float32), epsilon)  # The cast brings x's dtype back to dx.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _normalize(x: Array, epsilon: float) -> Array:
   return _normalize_fwd(x, epsilon)[0]
 
 
 def _normalize_fwd(x, epsilon):
-  x = x.astype(jnp.float32)
   centred = x - x.mean(-1, keepdims=True)
   inv_std = jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + epsilon)
   x_hat = centred * inv_std
@@ -81,13 +84,12 @@ def _normalize_fwd(x, epsilon):
 def _normalize_bwd(epsilon, residuals, g):
   del epsilon
   x_hat, inv_std = residuals
-  g = g.astype(jnp.float32)
   mean_g = g.mean(-1, keepdims=True)
   mean_gx = (g * x_hat).mean(-1, keepdims=True)
   return (inv_std * (g - mean_g - x_hat * mean_gx),)
 
 
-normalize.defvjp(_normalize_fwd, _normalize_bwd)
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 
