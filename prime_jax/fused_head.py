@@ -5,9 +5,10 @@ a streaming log-sum-exp per token of (a) every token consistent with the visible
 without carry-over), (b) the clean token's logit, and (c) for each digit j, the consistent tokens
 whose digit j equals the clean digit — the masked-digit marginal μ^j(x0_j) is (c_j) / (a). Every
 objective in `objectives` is a simple function of these `HeadStats`; a custom VJP recomputes each
-chunk's logits in the backward pass. Values equal `objectives.*` on `h @ W + b`.
-Shape letters: N tokens (batch and positions flattened), D width, C vocabulary, K chunk width,
-ℓ digits.
+chunk's logits in the backward pass. Values equal `objectives.*` on `h @ W + b`. Within a chunk
+the tokens go in blocks of rows, and blocks of tokens that have no diffusion loss are skipped.
+Shape letters: N tokens (batch and positions flattened), R tokens of a block, D width,
+C vocabulary, K chunk width, ℓ digits.
 """
 
 from __future__ import annotations
