@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU figure for the OpenWebText-small shape in one run (a few minutes on an H100/H200):
 # train step (MFU, tokens/s, compiled peak memory, head + objective share) at a micro-batch of
-# 32 × 1024 (OWT_BATCHES="32 64" for more), then the sampler's own cost per step at batch 1
-# and 64, all with the XLA flags of launch/gpu_flags.sh.
+# 32 × 1024 (OWT_BATCHES="32 64" for more), the same step with the fused head computing every
+# token (model.fused_head_skip_rows=False: no data-bound loop, so no host round trip per chunk),
+# then the sampler's own cost per step at batch 1 and 64, all with the XLA flags of
+# launch/gpu_flags.sh.
 #   bash benchmarks/gpu_check.sh
 # SKIP_SETUP=1 uses the packages already installed (a machine with no network, say).
 set -euo pipefail
@@ -17,6 +19,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 # shellcheck disable=SC2086
 timeout 240 python3 -m benchmarks.train_step --owt --owt_only --owt_batch ${OWT_BATCHES:-32} \
   --repeats 10 || echo "[gpu_check] the OWT train step failed (exit $?)"
+echo "[gpu_check] the same step, every token through the fused head:"
+timeout 150 python3 -m benchmarks.train_step --owt --owt_only --owt_batch 32 --repeats 10 \
+  --owt_no_share --owt_set model.fused_head_skip_rows=False ||
+  echo "[gpu_check] the OWT step without row skipping failed (exit $?)"
 for batch in 1 64; do
   timeout "$((batch > 1 ? 180 : 60))" python3 -m benchmarks.sampling --seq_len=1024 \
     --vocab=50257 --d_model=768 --layers=12 --heads=12 --lengths=2 --batch="$batch" \

@@ -166,7 +166,8 @@ def report(batch: int, repeats: int, peak_tflops: float,
   remat = m.remat_policy if m.remat else "off"
   out = {"batch": batch, "remat": remat, "peak_bytes": peak}
   line = (f"OpenWebText-small bf16, B={batch}×{config.data.seq_len}, remat={remat}, "
-          f"scan_layers={m.scan_layers}: compiled peak memory "
+          f"scan_layers={m.scan_layers}, fused_head_skip_rows={m.fused_head_skip_rows}: "
+          "compiled peak memory "
           f"{peak / 2**30:.2f} GiB")
   if not timed:
     print(line + " (memory only)", flush=True)

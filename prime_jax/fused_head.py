@@ -54,6 +54,7 @@ class _Static:
   with_hits: bool
   compute_dtype: Any
   block_rows: int  # Token rows per block (the rows are padded to a multiple).
+  skip: bool  # Blocks past a traced count are skipped; else one block runs with no inner loop.
 
   @property
   def num_chunks(self) -> int:
@@ -108,6 +109,15 @@ def _put_rows(a, part, r, size: int):
   return jax.lax.dynamic_update_slice_in_dim(a, part, r * size, axis=0)
 
 
+def _over_blocks(st: _Static, num_blocks, body, carry):
+  """`body(r, carry)` for the row blocks r below `num_blocks`. Without skipping it is one call,
+  not a loop: no bound inside the chunk loop is data (on a GPU, each step of a loop whose bound
+  is data can wait on the host)."""
+  if not st.skip:
+    return body(0, carry)
+  return jax.lax.fori_loop(0, num_blocks, body, carry)
+
+
 def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   """The forward loops: per chunk, per row block below `num_blocks`, a running max m and sums
   scaled by e^{-m} of the consistent set and hits. Rows of later blocks get zeros."""
@@ -133,7 +143,7 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
       tgt_R = rows(tgt_N) + jnp.where(target_RK, z_RK, 0.0).sum(-1)
       return (_put_rows(m_N, m_new, r, size), _put_rows(s_N, s_R, r, size), hit_Nl,
               _put_rows(tgt_N, tgt_R, r, size))
-    return jax.lax.fori_loop(0, num_blocks, block_body, carry)
+    return _over_blocks(st, num_blocks, block_body, carry)
 
   zeros = jnp.zeros((n,), jnp.float32)
   init = (jnp.full((n,), NEG_INF, jnp.float32), zeros, jnp.zeros((n, ell), jnp.float32), zeros)
@@ -189,7 +199,7 @@ def _head_stats_bwd(st, res, g):
       return _put_rows(dh_ND, dh_RD, r, size), dw_DK, db_K
 
     init = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
-    dh_ND, dw_DK, db_K = jax.lax.fori_loop(0, num_blocks, block_body, init)
+    dh_ND, dw_DK, db_K = _over_blocks(st, num_blocks, block_body, init)
     return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
             _add_slice(db_C, db_K, ch.start, axis=0))
 
@@ -259,7 +269,8 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
     row_blocks = max(1, min(MAX_ROW_BLOCKS, n // MIN_BLOCK_ROWS))
   blocks = 1 if active is None else min(row_blocks, n)
   size = -(-n // blocks)
-  st = _Static(code, min(chunk_size, code.vocab_size), with_hits, jnp.dtype(dtype), size)
+  st = _Static(code, min(chunk_size, code.vocab_size), with_hits, jnp.dtype(dtype), size,
+               active is not None)
   if active is None:
     flat = _head_stats(st, *rows[:1], kernel_DC, bias_C, *rows[1:], jnp.int32(1))
   else:

@@ -96,6 +96,7 @@ class Loss:
   t_min: float = 1e-5
   antithetic: bool = True
   head_chunk: int = 0  # > 0: training never forms (B, *P, C) logits (`fused_head`).
+  head_skip_rows: bool = True  # The fused head skips blocks of tokens with no masked digit.
 
   def token_losses(self, logits: jax.Array, tokens: jax.Array, y_t: jax.Array, t: jax.Array
                    ) -> jax.Array:
@@ -140,7 +141,8 @@ class Loss:
   def _fused_train(self, h, head: tuple, tokens, y, t, axes: tuple[int, ...]
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The diffusion loss and metrics from one chunked pass of the head (`fused_head`)."""
-    active = None if self.objective.every_token else (y == self.code.mask_value).any(-1)
+    skip = self.head_skip_rows and not self.objective.every_token
+    active = (y == self.code.mask_value).any(-1) if skip else None
     stats = fused_head.head_stats(self.code, h, *head, tokens, y if self.carry_over else None,
                                   chunk_size=self.head_chunk, compute_dtype=h.dtype,
                                   active=active)
@@ -182,4 +184,5 @@ def from_config(config: ml_collections.ConfigDict, code: PrimeCode) -> Loss:
   """The loss a config trains and evaluates for `code`."""
   d = config.diffusion
   return Loss(get(d.objective), code, make_schedule(d), d.carry_over, d.t_min, d.antithetic,
-              config.model.get("fused_head_chunk", 0))
+              config.model.get("fused_head_chunk", 0),
+              config.model.get("fused_head_skip_rows", True))

@@ -155,6 +155,23 @@ def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks):
     _assert_close(g, r, what=f"d/d{arg}")
 
 
+def _while_loops(active) -> int:
+  """How many loops the compiled gradient of the fused valid loss holds."""
+  code, (h, kernel, bias), x0, y, t, _ = _inputs(2)
+  def loss(h):
+    stats = fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16, active=active)
+    return fused_head.losses_from_stats(code, SCHEDULE, stats, y, t)["valid"].sum()
+  return jax.jit(jax.grad(loss)).lower(h).as_text().count("stablehlo.while")
+
+
+def test_without_active_rows_the_only_loops_are_over_chunks():
+  """No `active`: one loop over the chunks in each pass, none nested whose bound is data (a GPU
+  would wait on the host for it); with `active`, each pass has its loop over row blocks too."""
+  _, _, x0, _, _, _ = _inputs(2)
+  assert _while_loops(None) == 2
+  assert _while_loops(jnp.ones(x0.shape, bool)) == 4
+
+
 def test_transformer_features_times_head_params_are_its_logits():
   code = PrimeCode(C, 2)
   model = PrimeTransformer(code, d_model=24, num_layers=1, num_heads=2, cond_dim=16)
@@ -214,11 +231,11 @@ def train_step_losses():
   jitted program: on a CPU it compiles in about two thirds of the time the cases take op by op,
   and in a quarter of what one program per case takes."""
   tasks = {}
-  for arg in TRAIN_STEP_ARGS:
-    for chunk in (0, 100):  # C = 256 does not divide into chunks of 100.
-      c = tiny.config_from_arg(arg, model__fused_head_chunk=chunk)
-      config_lib.validate(c, 8)
-      tasks[f"{arg}/{chunk}"] = step_lib.build_task(c, 256, (32,))
+  cases = [(arg, chunk, True) for arg in TRAIN_STEP_ARGS for chunk in (0, 100)]
+  for arg, chunk, skip in cases + [("ell=2", 100, False)]:  # 256 is not a multiple of 100.
+    c = tiny.config_from_arg(arg, model__fused_head_chunk=chunk, model__fused_head_skip_rows=skip)
+    config_lib.validate(c, 8)
+    tasks[f"{arg}/{chunk}" + ("" if skip else "/all rows")] = step_lib.build_task(c, 256, (32,))
   tokens = jax.random.randint(jax.random.key(2), (8, 32), 0, 256)
   return jax.jit(lambda x: {name: _loss_and_grads(task, x) for name, task in tasks.items()})(
       tokens)
@@ -226,11 +243,15 @@ def train_step_losses():
 
 @pytest.mark.parametrize("arg", TRAIN_STEP_ARGS)
 def test_a_train_step_through_the_fused_head_equals_the_one_on_logits(arg, train_step_losses):
-  """config.model.fused_head_chunk changes how the loss is computed, not its value or gradient."""
+  """config.model.fused_head_chunk (and fused_head_skip_rows) change how the loss is computed,
+  not its value or gradient."""
   (v0, m0), g0 = train_step_losses[f"{arg}/0"]
-  (v1, m1), g1 = train_step_losses[f"{arg}/100"]
-  _assert_close(v1, v0, what="loss")
-  for name in m0:
-    _assert_close(m1[name], m0[name], what=name)
-  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-    _assert_close(a, b, rel=1e-4, what="gradient")
+  fused = [k for k in train_step_losses if k.startswith(f"{arg}/100")]
+  assert len(fused) == (2 if arg == "ell=2" else 1)
+  for key in fused:
+    (v1, m1), g1 = train_step_losses[key]
+    _assert_close(v1, v0, what=f"{key} loss")
+    for name in m0:
+      _assert_close(m1[name], m0[name], what=f"{key} {name}")
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+      _assert_close(a, b, rel=1e-4, what=f"{key} gradient")
