@@ -29,7 +29,10 @@ from prime_jax.subtokens import PrimeCode
 DEFAULT_CHUNK_SIZE = 4096
 # When rows with no masked digit may be skipped, the rows are cut into up to 8 blocks of at least
 # 128 (a third of the tokens at ℓ = 2 have no masked digit: ~ceil(2/3 · 8) = 6 of 8 blocks are
-# computed). On a CPU at 512 rows, 4 blocks of 128 ran 6% faster than 8 of 64.
+# computed). On a CPU at 512 rows, 4 blocks of 128 ran 6% faster than 8 of 64. Under a linear
+# schedule a token has no masked digit with probability 1/(ℓ + 1), so with ℓ or fewer blocks the
+# last one is seldom free: the rows then go as one block (at ℓ = 4, 512 rows, D = 768 on a CPU,
+# 4 blocks took 15-18% longer than one).
 MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 128
 # Same clamp as objectives._masked_digit_nll: a digit marginal is at least 1e-37 (~85 nats).
 _MIN_MARGINAL = 1e-37
@@ -247,9 +250,9 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   Matmuls run in `compute_dtype` (default: that of h and kernel) with float32 accumulation; the
   log-sum-exps are float32. `with_hits=False` skips the per-digit sums (token objectives only).
   With `active` (x0's shape, bool), the rows are put active first and cut into `row_blocks`
-  blocks (default: see MAX_ROW_BLOCKS), and blocks with no active row are skipped: their stats
-  are 0 (every diffusion loss of a token with no masked digit is 0 whatever its stats;
-  cross-entropy is not).
+  blocks (default: see MAX_ROW_BLOCKS; 1 computes every row), and blocks with no active row are
+  skipped: their stats are 0 (every diffusion loss of a token with no masked digit is 0 whatever
+  its stats; cross-entropy is not).
   """
   h, kernel_DC, x0 = jnp.asarray(h), jnp.asarray(kernel_DC), jnp.asarray(x0)
   y = None if y is None else jnp.asarray(y)
@@ -267,6 +270,9 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   rows = (h.reshape(n, h.shape[-1]), x0.reshape(n), None if y is None else y.reshape(n, code.ell))
   if row_blocks is None:
     row_blocks = max(1, min(MAX_ROW_BLOCKS, n // MIN_BLOCK_ROWS))
+    row_blocks = 1 if row_blocks <= code.ell else row_blocks
+  if min(row_blocks, n) == 1:
+    active = None  # One block: every row is computed, with no data-bound loop.
   blocks = 1 if active is None else min(row_blocks, n)
   size = -(-n // blocks)
   st = _Static(code, min(chunk_size, code.vocab_size), with_hits, jnp.dtype(dtype), size,

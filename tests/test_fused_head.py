@@ -155,21 +155,35 @@ def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks):
     _assert_close(g, r, what=f"d/d{arg}")
 
 
-def _while_loops(active) -> int:
-  """How many loops the compiled gradient of the fused valid loss holds."""
-  code, (h, kernel, bias), x0, y, t, _ = _inputs(2)
+def _while_loops(ell: int, active: bool, rows: int = B * L, **kw) -> int:
+  """How many loops the lowered gradient of the fused valid loss holds (rows = B·L tokens)."""
+  code = PrimeCode(C, ell)
+  rng = np.random.default_rng(0)
+  h, kernel, bias = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                     for s in ((rows, D), (D, C), (C,)))
+  x0 = jnp.asarray(rng.integers(0, C, rows), jnp.int32)
+  y = jnp.where(jnp.arange(rows)[:, None] % 2 == 0, code.mask_value, jnp.asarray(code.encode(x0)))
   def loss(h):
-    stats = fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16, active=active)
-    return fused_head.losses_from_stats(code, SCHEDULE, stats, y, t)["valid"].sum()
+    stats = fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16,
+                                  active=(y == code.mask_value).any(-1) if active else None, **kw)
+    return fused_head.losses_from_stats(code, SCHEDULE, stats, y, 0.5)["valid"].sum()
   return jax.jit(jax.grad(loss)).lower(h).as_text().count("stablehlo.while")
 
 
 def test_without_active_rows_the_only_loops_are_over_chunks():
   """No `active`: one loop over the chunks in each pass, none nested whose bound is data (a GPU
   would wait on the host for it); with `active`, each pass has its loop over row blocks too."""
-  _, _, x0, _, _, _ = _inputs(2)
-  assert _while_loops(None) == 2
-  assert _while_loops(jnp.ones(x0.shape, bool)) == 4
+  assert _while_loops(2, active=False) == 2
+  assert _while_loops(2, active=True, row_blocks=3) == 4
+  assert _while_loops(2, active=True, row_blocks=1) == 2
+
+
+def test_rows_are_cut_into_blocks_only_where_a_block_is_likely_to_be_skipped():
+  """By default 512 tokens make 4 blocks: worth it at ℓ = 2 (a third of the tokens have no
+  masked digit), not at ℓ = 4 (a fifth), where every row goes as one block."""
+  assert _while_loops(2, active=True, rows=512) == 4
+  assert _while_loops(4, active=True, rows=512) == 2
+  assert _while_loops(4, active=True, rows=640) == 4  # 5 blocks.
 
 
 def test_transformer_features_times_head_params_are_its_logits():
