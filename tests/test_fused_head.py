@@ -250,7 +250,8 @@ def train_step_losses():
     c = tiny.config_from_arg(arg, model__fused_head_chunk=chunk, model__fused_head_skip_rows=skip)
     config_lib.validate(c, 8)
     tasks[f"{arg}/{chunk}" + ("" if skip else "/all rows")] = step_lib.build_task(c, 256, (32,))
-  tokens = jax.random.randint(jax.random.key(2), (8, 32), 0, 256)
+  # 16 × 32 tokens: at ℓ = 2 the fused head cuts them into 4 blocks and skips the free ones.
+  tokens = jax.random.randint(jax.random.key(2), (16, 32), 0, 256)
   return jax.jit(lambda x: {name: _loss_and_grads(task, x) for name, task in tasks.items()})(
       tokens)
 
@@ -269,3 +270,18 @@ def test_a_train_step_through_the_fused_head_equals_the_one_on_logits(arg, train
       _assert_close(m1[name], m0[name], what=f"{key} {name}")
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
       _assert_close(a, b, rel=1e-4, what=f"{key} gradient")
+
+
+def test_fused_head_skip_rows_off_leaves_no_loop_over_row_blocks():
+  """model.fused_head_skip_rows=False: the train loss has no loop over row blocks (one fewer
+  loop in each of the head's two passes), for a batch that is otherwise cut into blocks."""
+  tokens = jnp.zeros((16, 32), jnp.int32)
+  loops = {}
+  for skip in (True, False):
+    c = tiny.config_from_arg("ell=2", model__fused_head_chunk=100, model__fused_head_skip_rows=skip)
+    task = step_lib.build_task(c, 256, (32,))
+    params = jax.eval_shape(lambda: step_lib.init_state(task, jax.random.key(0), (32,))).params
+    loss = lambda p, task=task: step_lib.loss_terms(task, p, tokens, jax.random.key(3),
+                                                    train=False)[0].mean()
+    loops[skip] = jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.while")
+  assert loops[True] == loops[False] + 2
