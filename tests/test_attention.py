@@ -19,7 +19,9 @@ def test_attention_values_and_gradients_match_the_reference(causal):
   ours = lambda q, k, v: dot_product_attention(q, k, v, causal=causal, impl="auto")
   ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
                                                      implementation="xla")
-  np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-6)
+  # Evaluated alone and under differentiation (two forward computations, see attention.py).
+  for out in (jax.jit(ours)(q, k, v), jax.vjp(ours, q, k, v)[0]):
+    np.testing.assert_allclose(out, ref(q, k, v), rtol=1e-5, atol=1e-6)
   for name, a, b in zip("qkv", _grads(ours, q, k, v, g), _grads(ref, q, k, v, g)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
   if causal:  # the last key only reaches the last query
