@@ -11,7 +11,8 @@ of the same jitted computation instead, at one of `benchmarks.train_step`'s shap
   train step        the full step (clip, AdamW, EMA)
 Parameters are perturbed from their init, since the zero-initialised head and adaLN would
 otherwise give an all-zero backward.
-  python3 -m benchmarks.step_breakdown [--shape bytes|gpt2|gpt2co] [--repeats 7]
+The variants run in turn within each round, so that the machine's drift hits all of them alike.
+  python3 -m benchmarks.step_breakdown [--shape bytes|gpt2|gpt2co] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import owt_step, train_step as bench
+from benchmarks import train_step as bench
 from prime_jax import step as step_lib
 from prime_jax.models import transformer
 
@@ -46,17 +47,19 @@ def attention_as_values() -> Iterator[None]:
     transformer.dot_product_attention = original
 
 
-def seconds(fn: Callable, *args: Any, repeats: int, inner: int = 3) -> float:
-  """Median wall seconds of one call of the jitted `fn(*args)` (compiled on a warm-up call)."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(inner):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / inner)
-  return float(np.median(times))
+def interleaved_seconds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+  """Median wall seconds of each no-argument call, run in turn within every round (the order
+  reversed each round) after one warm-up call each: a shared CPU's speed drifts by tens of
+  percent within seconds, so timing one variant after the other measures the drift."""
+  for call in calls.values():
+    jax.block_until_ready(call())
+  times = {name: [] for name in calls}
+  for r in range(rounds):
+    for name in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
+      start = time.perf_counter()
+      jax.block_until_ready(calls[name]())
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def setup(shape: str, d_model: int = 256, num_layers: int = 4, num_heads: int = 4,
@@ -89,26 +92,33 @@ def embed_only_grad(task: step_lib.Task) -> Callable:
 
 
 def breakdown(shape: str, repeats: int) -> dict[str, float]:
-  """Seconds of each variant of the module docstring at `shape`."""
+  """Seconds of each variant of the module docstring at `shape`, timed in alternation."""
   task, state, tokens = setup(shape)
   params, loss = state.params, loss_fn(task)
   rest = {k: v for k, v in params.items() if k != "embed"}
-  out = {"forward": seconds(jax.jit(loss), params, tokens, repeats=repeats),
-         "forward+backward": seconds(jax.jit(jax.grad(loss)), params, tokens, repeats=repeats),
-         "dX chain": seconds(jax.jit(embed_only_grad(task)), params["embed"], rest, tokens,
-                             repeats=repeats)}
+  forward = jax.jit(loss).lower(params, tokens).compile()
+  grad = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
+  embed_grad = jax.jit(embed_only_grad(task)).lower(params["embed"], rest, tokens).compile()
   with attention_as_values():
     no_attention = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
-  out["no attention"] = seconds(no_attention, params, tokens, repeats=repeats)
   step = jax.jit(functools.partial(step_lib.train_step, task), donate_argnums=0)
-  out["train step"] = owt_step.median_step_seconds(step, state, tokens, repeats)
-  return out
+  holder = [jax.tree.map(jnp.copy, state)]  # donated: the other variants keep `params`
+
+  def train_step():  # each call takes the last one's output
+    holder[0], metrics = step(holder[0], tokens)
+    return metrics
+  return interleaved_seconds({
+      "forward": lambda: forward(params, tokens),
+      "forward+backward": lambda: grad(params, tokens),
+      "dX chain": lambda: embed_grad(params["embed"], rest, tokens),
+      "no attention": lambda: no_attention(params, tokens),
+      "train step": train_step}, repeats)
 
 
 def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--shape", choices=tuple(SHAPES), default="bytes")
-  p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--repeats", type=int, default=15, help="rounds, each timing every variant")
   args = p.parse_args()
   t = breakdown(args.shape, args.repeats)
   for name, sec in t.items():
