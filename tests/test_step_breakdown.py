@@ -1,6 +1,8 @@
-"""The ablations of `benchmarks.step_breakdown` remove what they say, on a tiny model."""
+"""The ablations of `benchmarks.step_breakdown` remove what they say, on a tiny model, and its
+timer alternates the variants."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import step_breakdown
@@ -31,3 +33,13 @@ def test_embed_only_gradient_is_the_embedding_part_of_the_full_gradient():
   embed = step_breakdown.embed_only_grad(task)(params["embed"], rest, tokens)
   for got, want in zip(jax.tree.leaves(embed), jax.tree.leaves(full["embed"])):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_interleaved_seconds_alternates_variants_within_each_round():
+  calls = []
+  def variant(name):
+    return lambda: calls.append(name) or jnp.zeros(())
+  out = step_breakdown.interleaved_seconds({n: variant(n) for n in "abc"}, rounds=3)
+  assert sorted(out) == ["a", "b", "c"] and all(v >= 0 for v in out.values())
+  # One warm-up call each, then every round runs all three, the order reversed each round.
+  assert "".join(calls) == "abc" + "abc" + "cba" + "abc"
