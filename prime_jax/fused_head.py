@@ -271,9 +271,8 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   if row_blocks is None:
     row_blocks = max(1, min(MAX_ROW_BLOCKS, n // MIN_BLOCK_ROWS))
     row_blocks = 1 if row_blocks <= code.ell else row_blocks
-  # One block computes every row, with no data-bound loop.
-  skip = active is not None and min(row_blocks, n) > 1
-  blocks = min(row_blocks, n) if skip else 1
+  blocks = 1 if active is None else min(row_blocks, n)
+  skip = blocks > 1  # One block computes every row, with no data-bound loop.
   size = -(-n // blocks)
   st = _Static(code, min(chunk_size, code.vocab_size), with_hits, jnp.dtype(dtype), size, skip)
   if not skip:
