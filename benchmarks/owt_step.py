@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from prime_jax import config as config_lib, sharding, step as step_lib
+from prime_jax import config as config_lib, sharding, step as step_lib, xla_options
 from prime_jax.models import transformer_body_matmul_params
 
 GPT2_VOCAB = 50257
@@ -102,8 +102,9 @@ def compile_step(config: ml_collections.ConfigDict, step_fn: Callable = step_lib
     abstract = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,)), jax.random.key(0))
     tokens = jax.ShapeDtypeStruct((config.train.batch_size, seq), jnp.int32,
                                   sharding=sharding.batch_sharding(mesh))
+    options = xla_options.compiler_options(config, GPT2_VOCAB, jax.devices()[0].platform)
     compiled = jax.jit(functools.partial(step_fn, task), in_shardings=(shard, tokens.sharding),
-                       out_shardings=(shard, None), donate_argnums=0
+                       out_shardings=(shard, None), donate_argnums=0, compiler_options=options
                        ).lower(abstract, tokens).compile()
   return compiled, task, shard
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import train_step as bench
-from prime_jax import step as step_lib
+from prime_jax import step as step_lib, xla_options
 from prime_jax.models import transformer
 
 # (vocabulary, carry-over, L, B, fused-head chunk), as in benchmarks.train_step.
@@ -60,6 +60,13 @@ def interleaved_seconds(calls: dict[str, Callable[[], Any]], rounds: int) -> dic
       jax.block_until_ready(calls[name]())
       times[name].append(time.perf_counter() - start)
   return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def compiler_options(shape: str, d_model: int = 256, num_layers: int = 4) -> dict:
+  """What the train step at `shape` compiles with on this CPU (`prime_jax.xla_options`)."""
+  vocab, carry, seq, batch, chunk = SHAPES[shape]
+  config = bench._config(2, d_model, num_layers, 4, seq, batch, carry, fused_chunk=chunk)
+  return xla_options.compiler_options(config, vocab, jax.devices()[0].platform)
 
 
 def setup(shape: str, d_model: int = 256, num_layers: int = 4, num_heads: int = 4,
@@ -96,12 +103,13 @@ def breakdown(shape: str, repeats: int) -> dict[str, float]:
   task, state, tokens = setup(shape)
   params, loss = state.params, loss_fn(task)
   rest = {k: v for k, v in params.items() if k != "embed"}
-  forward = jax.jit(loss).lower(params, tokens).compile()
-  grad = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
-  embed_grad = jax.jit(embed_only_grad(task)).lower(params["embed"], rest, tokens).compile()
+  jit = functools.partial(jax.jit, compiler_options=compiler_options(shape))
+  forward = jit(loss).lower(params, tokens).compile()
+  grad = jit(jax.grad(loss)).lower(params, tokens).compile()
+  embed_grad = jit(embed_only_grad(task)).lower(params["embed"], rest, tokens).compile()
   with attention_as_values():
-    no_attention = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
-  step = jax.jit(functools.partial(step_lib.train_step, task), donate_argnums=0)
+    no_attention = jit(jax.grad(loss)).lower(params, tokens).compile()
+  step = jit(functools.partial(step_lib.train_step, task), donate_argnums=0)
   holder = [jax.tree.map(jnp.copy, state)]  # donated: the other variants keep `params`
 
   def train_step():  # each call takes the last one's output

@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import owt_step  # noqa: E402
-from prime_jax import config as config_lib, sharding, step as step_lib  # noqa: E402
+from prime_jax import config as config_lib, sharding, step as step_lib, xla_options  # noqa: E402
 from prime_jax.models import transformer_body_matmul_params  # noqa: E402
 
 
@@ -98,7 +98,8 @@ def build_step(vocab: int, ell: int, d: int, layers: int, heads: int, seq: int, 
                     out_shardings=shard)(jax.random.key(0))
     step = jax.jit(functools.partial(step_lib.train_step, task),
                    in_shardings=(shard, sharding.batch_sharding(mesh)),
-                   out_shardings=(shard, None), donate_argnums=0)
+                   out_shardings=(shard, None), donate_argnums=0,
+                   compiler_options=xla_options.compiler_options(c, vocab, devices[0].platform))
     tokens = sharding.global_batch(
         np.random.default_rng(0).integers(0, vocab, (batch, seq)).astype(np.int32),
         sharding.batch_sharding(mesh))

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from prime_jax import data, errors, losses, schedules
+from prime_jax import data, errors, losses, schedules, xla_options
 from prime_jax.models import REMAT_POLICIES
 
 MODEL_TYPES = ("transformer", "unet")
@@ -86,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
       # inception_reference_examples images (0 = all) give statistics cached beside the weights.
       inception_weights="", inception_reference="train", inception_reference_examples=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # XLA:CPU's matmul library, 'auto', 'ynn' or 'eigen' (see prime_jax.xla_options).
+  c.xla = ml_collections.ConfigDict(dict(cpu_dot_library="auto"))
   c.sharding_rules = DEFAULT_RULES
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address="", num_processes=0, process_id=-1))
@@ -150,6 +152,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _check_objective(config.model, config.diffusion)
   _check_optim_and_train(config.optim, config.train)
   _check_batches(config, num_devices)
+  library = xla_options.requested(config)
+  if library not in xla_options.CPU_DOT_LIBRARIES:
+    _fail("xla.cpu_dot_library", library, f"one of {xla_options.CPU_DOT_LIBRARIES}")
 
 
 def _check_model(m: ml_collections.ConfigDict) -> None:

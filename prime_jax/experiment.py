@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from prime_jax import checkpointing, config as config_lib, data, errors, sharding, step
+from prime_jax import checkpointing, config as config_lib, data, errors, sharding, step, xla_options
 from prime_jax.data.registry import DatasetInfo
 from prime_jax.subtokens import PrimeCode
 
@@ -44,6 +44,12 @@ class Experiment:
     if self.info.kind == "image":
       return "dim"
     return {"bytes": "byte", "chars": "char"}.get(self.info.tokenizer, "token")
+
+  @property
+  def compiler_options(self) -> dict:
+    """What every jitted step of this experiment is compiled with (`prime_jax.xla_options`)."""
+    return xla_options.compiler_options(self.config, self.task.code.vocab_size,
+                                        self.mesh.devices.flat[0].platform)
 
 
 def _check_model_fits_data(config: ml_collections.ConfigDict, info: DatasetInfo) -> None:
@@ -103,7 +109,7 @@ def make_train_step(exp: Experiment) -> Callable:
   jitted = jax.jit(functools.partial(step.train_step, exp.task),
                    in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
                    out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=exp.compiler_options)
   return _on_mesh(exp, jitted)
 
 
@@ -118,7 +124,7 @@ def make_eval_step(exp: Experiment, num_time_samples: int) -> Callable:
     return exp.task.loss.eval_sums(denoiser(exp, params), tokens, mask, key, num_time_samples)
   batch = sharding.batch_sharding(exp.mesh)
   jitted = jax.jit(fn, in_shardings=(exp.state_shardings.params, batch, batch, None),
-                   out_shardings=batch)
+                   out_shardings=batch, compiler_options=exp.compiler_options)
   return _on_mesh(exp, jitted)
 
 
@@ -132,7 +138,8 @@ def make_log_prob_step(exp: Experiment) -> Callable:
   fn = lambda params, tokens: exp.task.loss.log_probs(denoiser(exp, params), tokens)
   jitted = jax.jit(fn, in_shardings=(exp.state_shardings.params,
                                      sharding.batch_sharding(exp.mesh)),
-                   out_shardings=sharding.replicated(exp.mesh))
+                   out_shardings=sharding.replicated(exp.mesh),
+                   compiler_options=exp.compiler_options)
   return _on_mesh(exp, jitted)
 
 

@@ -117,7 +117,8 @@ def draw(exp: Experiment, params: Any, sconf: sampling.SamplerConfig, num_sample
   shape = (batch_size,) + exp.example_shape
   fn = sampling.make_sample_fn(apply_fn, exp.task.code, exp.task.loss.schedule, shape, sconf,
                                time_agnostic=not exp.config.model.time_conditioning,
-                               batch_sharding=sharding.batch_sharding(exp.mesh))
+                               batch_sharding=sharding.batch_sharding(exp.mesh),
+                               compiler_options=exp.compiler_options)
   batches = -(-num_samples // batch_size)
   iterator = range(batches)
   if progress and jax.process_index() == 0:

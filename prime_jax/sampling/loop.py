@@ -211,16 +211,17 @@ def sample(key: jax.Array, denoise_fn: DenoiseFn, code: PrimeCode, schedule: Sch
 def make_sample_fn(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], code: PrimeCode,
                    schedule: Schedule, shape: Sequence[int],
                    config: SamplerConfig = SamplerConfig(), *, time_agnostic: bool,
-                   batch_sharding: Optional[jax.sharding.NamedSharding] = None
-                   ) -> Callable[..., SampleResult]:
+                   batch_sharding: Optional[jax.sharding.NamedSharding] = None,
+                   compiler_options: Optional[dict] = None) -> Callable[..., SampleResult]:
   """Returns `fn(params, key, fixed_tokens=None, fixed_mask=None) -> SampleResult`, jitted once.
 
   `apply_fn(params, y, t)` gives the logits. Fixed tokens are checked on the host before the
-  jitted call, so bad ids fail with a ValueError instead of a compile.
+  jitted call, so bad ids fail with a ValueError instead of a compile. `compiler_options` go
+  to `jax.jit` (an experiment's are `Experiment.compiler_options`).
   """
   shape = tuple(int(s) for s in shape)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compiler_options)
   def run(params: Any, key: jax.Array, fixed_tokens: ArrayLike, fixed_mask: ArrayLike
           ) -> SampleResult:
     return sample(key, lambda y, t: apply_fn(params, y, t), code, schedule, shape, config,
