@@ -104,6 +104,34 @@ def _block_logits(st: _Static, ch: _Chunk, h_RD, x0_R, y_Rl):
   return z_RK, keep_RK, hits, target_RK
 
 
+def _picked_sum(e_RK, col_RG, valid_RG):
+  """Σ_g e[r, col[r, g]] over the valid picks: a gather, not a masked pass over the chunk."""
+  size = e_RK.shape[1]
+  valid_RG = valid_RG & (col_RG >= 0) & (col_RG < size)
+  picked = jnp.take_along_axis(e_RK, jnp.clip(col_RG, 0, size - 1), axis=1)
+  return jnp.where(valid_RG, picked, 0.0).sum(-1)
+
+
+def _digit_sums(st: _Static, ch: _Chunk, e_RK, hits, x0_R) -> list:
+  """Per digit j, Σ of e over the chunk's codes whose digit j is x0's. Those codes come in runs
+  of b^(ℓ-1-j), one every b^(ℓ-j): where they are few they are gathered (at ℓ = 2, C = 50,257
+  the forward chunk loop ran 11% faster), else the hit mask is summed."""
+  code, size = st.code, e_RK.shape[1]
+  digits_Rl, sums = code.encode(x0_R), []
+  for j, hit_RK in enumerate(hits):
+    run = code.base ** (code.ell - 1 - j)
+    period, n_runs = run * code.base, size // (run * code.base) + 2
+    if 2 * n_runs * run > size:
+      sums.append(jnp.where(hit_RK, e_RK, 0.0).sum(-1))
+      continue
+    offset_R = digits_Rl[:, j] * run - ch.start  # Column of run q = 0, from the chunk's start.
+    first_R = -((offset_R + run - 1) // period)  # The first run that ends inside the chunk.
+    col_RQS = ((first_R[:, None] + jnp.arange(n_runs)) * period + offset_R[:, None])[..., None]
+    col_RG = (col_RQS + jnp.arange(run)).reshape(e_RK.shape[0], n_runs * run)
+    sums.append(_picked_sum(e_RK, col_RG, True))
+  return sums
+
+
 def _rows(a, r, size: int):
   return jax.lax.dynamic_slice_in_dim(a, r * size, size, axis=0)
 
@@ -141,9 +169,11 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
       scale_R = jnp.exp(m_R - m_new)
       s_R = rows(s_N) * scale_R + e_RK.sum(-1)
       if hits:
-        new_hits = jnp.stack([jnp.where(hit, e_RK, 0.0).sum(-1) for hit in hits], axis=-1)
+        new_hits = jnp.stack(_digit_sums(st, ch, e_RK, hits, rows(x0_N)), axis=-1)
         hit_Nl = _put_rows(hit_Nl, rows(hit_Nl) * scale_R[:, None] + new_hits, r, size)
-      tgt_R = rows(tgt_N) + jnp.where(target_RK, z_RK, 0.0).sum(-1)
+      col_R1 = (rows(x0_N) - ch.start)[:, None]  # The clean token's logit, if this chunk has it.
+      fresh_R1 = ch.fresh_K[jnp.clip(col_R1, 0, z_RK.shape[1] - 1)]
+      tgt_R = rows(tgt_N) + _picked_sum(z_RK, col_R1, fresh_R1)
       return (_put_rows(m_N, m_new, r, size), _put_rows(s_N, s_R, r, size), hit_Nl,
               _put_rows(tgt_N, tgt_R, r, size))
     return _over_blocks(st, num_blocks, block_body, carry)
