@@ -114,8 +114,9 @@ def _picked_sum(e_RK, col_RG, valid_RG):
 
 def _digit_sums(st: _Static, ch: _Chunk, e_RK, hits, x0_R) -> list:
   """Per digit j, Σ of e over the chunk's codes whose digit j is x0's. Those codes come in runs
-  of b^(ℓ-1-j), one every b^(ℓ-j): where they are few they are gathered (at ℓ = 2, C = 50,257
-  the forward chunk loop ran 11% faster), else the hit mask is summed."""
+  of b^(ℓ-1-j), one every b^(ℓ-j): where they are few they are gathered, else the hit mask is
+  summed (at ℓ = 2, C = 50,257, with the clean token's logit also gathered, the forward chunk
+  loop ran 11% faster than with masked sums)."""
   code, size = st.code, e_RK.shape[1]
   digits_Rl, sums = code.encode(x0_R), []
   for j, hit_RK in enumerate(hits):

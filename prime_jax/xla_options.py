@@ -2,7 +2,7 @@
 
 XLA:CPU runs a dot with YNNPACK ('ynn', this jaxlib's default) or with Eigen ('eigen').
 Reductions stay in YNNPACK either way. We timed both side by side on a 2-core Ice Lake Xeon.
-Eigen made the train step of a text transformer whose blocks dominate its matmuls 4-5% faster
+Eigen made the train step of a text transformer whose blocks dominate its matmuls 4-6% faster
 (bytes and Shakespeare shapes). YNNPACK ran the GPT-2-vocabulary head's products ~20% faster.
 'auto' picks the library of the products that dominate. Other platforms get no options.
 """
