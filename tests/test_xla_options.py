@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+import tiny
 from prime_jax import config as config_lib, experiment, sharding, xla_options
-from tests import tiny
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
