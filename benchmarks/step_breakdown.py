@@ -62,10 +62,18 @@ def interleaved_seconds(calls: dict[str, Callable[[], Any]], rounds: int) -> dic
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def compiler_options(shape: str, d_model: int = 256, num_layers: int = 4) -> dict:
+def _config(shape: str, d_model: int = 256, num_layers: int = 4, num_heads: int = 4,
+            seq: int = 0, batch: int = 0):
+  """The config of `shape` (its L and B unless `seq`, `batch` > 0), its vocabulary, L and B."""
+  vocab, carry, shape_seq, shape_batch, chunk = SHAPES[shape]
+  seq, batch = seq or shape_seq, batch or shape_batch
+  config = bench._config(2, d_model, num_layers, num_heads, seq, batch, carry, fused_chunk=chunk)
+  return config, vocab, seq, batch
+
+
+def compiler_options(shape: str) -> dict:
   """What the train step at `shape` compiles with on this CPU (`prime_jax.xla_options`)."""
-  vocab, carry, seq, batch, chunk = SHAPES[shape]
-  config = bench._config(2, d_model, num_layers, 4, seq, batch, carry, fused_chunk=chunk)
+  config, vocab, _, _ = _config(shape)
   return xla_options.compiler_options(config, vocab, jax.devices()[0].platform)
 
 
@@ -73,9 +81,7 @@ def setup(shape: str, d_model: int = 256, num_layers: int = 4, num_heads: int = 
           seq: int = 0, batch: int = 0) -> tuple[step_lib.Task, step_lib.TrainState, jax.Array]:
   """The task of `shape` (its L and B unless `seq`, `batch` > 0), a fresh state with perturbed
   parameters and one batch of tokens."""
-  vocab, carry, shape_seq, shape_batch, chunk = SHAPES[shape]
-  seq, batch = seq or shape_seq, batch or shape_batch
-  config = bench._config(2, d_model, num_layers, num_heads, seq, batch, carry, fused_chunk=chunk)
+  config, vocab, seq, batch = _config(shape, d_model, num_layers, num_heads, seq, batch)
   task = step_lib.build_task(config, vocab, (seq,))
   state = step_lib.init_state(task, jax.random.key(0), (seq,))
   leaves, tree = jax.tree.flatten(state.params)

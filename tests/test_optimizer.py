@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+import tiny
 from prime_jax import step
 
 
@@ -44,7 +45,6 @@ def test_clip_takes_the_norm_it_is_given():
 
 
 def test_the_chain_passes_the_train_steps_norm_to_the_clip():
-  import tiny
   tx = step.build_optimizer(tiny.config())
   params, grads = jax.tree.map(jnp.zeros_like, _grads(1.0)), _grads(10.0)
   state = tx.init(params)
