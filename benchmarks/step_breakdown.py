@@ -83,13 +83,18 @@ def setup(shape: str, d_model: int = 256, num_layers: int = 4, num_heads: int = 
   parameters and one batch of tokens."""
   config, vocab, seq, batch = _config(shape, d_model, num_layers, num_heads, seq, batch)
   task = step_lib.build_task(config, vocab, (seq,))
-  state = step_lib.init_state(task, jax.random.key(0), (seq,))
-  leaves, tree = jax.tree.flatten(state.params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
-                                     for x, k in zip(leaves, keys)])
+
+  @jax.jit  # One compiled program: eagerly, each init and perturbation op compiles on its own.
+  def perturbed_state(key):
+    state = step_lib.init_state(task, key, (seq,))
+    leaves, tree = jax.tree.flatten(state.params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
+                                       for x, k in zip(leaves, keys)])
+    return state.replace(params=params)
+
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, seq)), jnp.int32)
-  return task, state.replace(params=params), tokens
+  return task, perturbed_state(jax.random.key(0)), tokens
 
 
 def loss_fn(task: step_lib.Task) -> Callable:

@@ -4,21 +4,23 @@ timer alternates the variants."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import step_breakdown
 
 
-def _tiny():
+@pytest.fixture(scope="module")
+def tiny():
   task, state, tokens = step_breakdown.setup("bytes", d_model=32, num_layers=1, num_heads=2,
                                              seq=16, batch=2)
   return task, state.params, tokens
 
 
-def test_attention_as_values_makes_queries_and_keys_dead_and_is_undone():
-  task, params, tokens = _tiny()
+def test_attention_as_values_makes_queries_and_keys_dead_and_is_undone(tiny):
+  task, params, tokens = tiny
   grad = jax.jit(jax.grad(step_breakdown.loss_fn(task)))
-  with step_breakdown.attention_as_values():
-    ablated = jax.grad(step_breakdown.loss_fn(task))(params, tokens)
+  with step_breakdown.attention_as_values():  # Traced (so ablated) inside the context.
+    ablated = jax.jit(jax.grad(step_breakdown.loss_fn(task)))(params, tokens)
   for name in ("query", "key"):
     assert not np.any(np.asarray(ablated["block_0"][name]["kernel"]))
   assert np.any(np.asarray(ablated["block_0"]["value"]["kernel"]))
@@ -26,11 +28,11 @@ def test_attention_as_values_makes_queries_and_keys_dead_and_is_undone():
   assert np.any(np.asarray(restored["block_0"]["query"]["kernel"]))
 
 
-def test_embed_only_gradient_is_the_embedding_part_of_the_full_gradient():
-  task, params, tokens = _tiny()
-  full = jax.grad(step_breakdown.loss_fn(task))(params, tokens)
+def test_embed_only_gradient_is_the_embedding_part_of_the_full_gradient(tiny):
+  task, params, tokens = tiny
+  full = jax.jit(jax.grad(step_breakdown.loss_fn(task)))(params, tokens)
   rest = {k: v for k, v in params.items() if k != "embed"}
-  embed = step_breakdown.embed_only_grad(task)(params["embed"], rest, tokens)
+  embed = jax.jit(step_breakdown.embed_only_grad(task))(params["embed"], rest, tokens)
   for got, want in zip(jax.tree.leaves(embed), jax.tree.leaves(full["embed"])):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
