@@ -129,7 +129,8 @@ def test_first_step_loss_matches_the_zero_init_head_exactly():
   At init the head is zero, so every token value has probability 1/256 and each masked digit of
   base 16 has marginal 1/16: the loss is mean(w(t) · #masked digits) · log 16 per token, on the
   very times and masks the step draws from its key. The model is the single-device one of
-  test_sharded_step_equals_single_device_step, so its compiled step comes from the cache.
+  test_sharded_step_equals_single_device_step, so its compiled step comes from the cache when
+  both run in one worker.
   """
   from prime_jax import forward, schedules
   c = sharded_config()
