@@ -130,13 +130,18 @@ def alternate(commands: dict[str, list[str]], pairs: int, warmup: int, pause: fl
 
 
 def summary(times: dict[str, list[float]]) -> dict:
-  """The median and quartiles of the per-pair ratios official / ours, and each side's times."""
+  """The median and quartiles of the per-pair ratios official / ours, and each side's times.
+
+  Every step's milliseconds are kept in pair order (`ours_ms`, `official_ms`): a burst of load
+  from outside, which slows both sides for a while, shows there as a run of slow pairs.
+  """
   ratios = sorted(o / m for o, m in zip(times["official"], times["ours"]))
   q1, median, q3 = statistics.quantiles(ratios, n=4)
   out = {"pairs": len(ratios), "ratio_median": median, "ratio_q1": q1, "ratio_q3": q3}
   for name, values in times.items():
     out[f"{name}_ms_median"] = 1e3 * statistics.median(values)
     out[f"{name}_ms_min"] = 1e3 * min(values)
+    out[f"{name}_ms"] = [round(1e3 * v, 1) for v in values]
   return out
 
 

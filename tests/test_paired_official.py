@@ -31,3 +31,8 @@ def test_workers_alternate_and_ratios_pair_each_step(tmp_path):
   r = paired_official.summary(times)
   assert r["pairs"] == 4 and r["ratio_median"] == 1.75
   assert r["ours_ms_min"] == 1000.0 and r["official_ms_median"] == 3500.0
+  assert r["ours_ms"] == [1000.0, 2000.0, 4000.0, 5000.0]
+  assert r["official_ms"] == [2000.0, 3000.0, 4000.0, 20000.0]
+  # Kept in step order, not sorted: a slow burst shows where it happened.
+  assert paired_official.summary({"ours": [0.3, 0.1], "official": [0.3, 0.3]})["ours_ms"] == [
+      300.0, 100.0]
