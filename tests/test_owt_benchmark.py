@@ -32,9 +32,15 @@ def test_report_times_the_step_and_the_head_share(small_owt, capsys):
   out = owt_step.report(2, 2, peak_tflops=1.0, config=small_owt, timed=True)
   assert out["peak_bytes"] > 0 and out["step_s"] > 0
   assert out["tokens_per_s"] == pytest.approx(2 * 32 / out["step_s"])
-  # A 50257-way head on a 32-wide, 2-block body: the head and objective are most of the step.
-  assert 0.5 < out["head_share"] < 1.0
-  assert "MFU" in capsys.readouterr().out
+  # The timed share is one minus the body-only step's time over the whole step's. On a shared
+  # CPU either timing can be hit by outside load, so only the formula is exact.
+  assert out["body_s"] > 0
+  assert out["head_share"] == pytest.approx(1.0 - out["body_s"] / out["step_s"])
+  # A 50257-way head on a 32-wide, 2-block body: the head and objective do most of the work.
+  # The body-only program keeps the embedding and the optimizer, so its time share is smaller.
+  assert 0.6 < out["head_flop_share"] < 0.8
+  printed = capsys.readouterr().out
+  assert "MFU" in printed and f"{out['head_flop_share']:.1%} of its compiled FLOPs" in printed
 
 
 def test_report_without_the_share_compiles_once_and_writes_a_profile(small_owt, tmp_path):
