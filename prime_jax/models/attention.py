@@ -119,15 +119,27 @@ def _softmax_attention_fwd(q_BNLH, k_BNSH, v_BNSH, causal):
 def _softmax_attention_bwd(causal, residuals, dout_BNLH):
   del causal  # masked probabilities are exact zeros, so their gradients vanish on their own
   q_BNLH, k_BNSH, v_BNSH, probs_BNLS, out_BNLH = residuals
-  dv_BNSH = jnp.einsum("BNLS,BNLH->BNSH", probs_BNLS.astype(v_BNSH.dtype), dout_BNLH)
+  dv_BNSH = _over_queries(probs_BNLS.astype(v_BNSH.dtype), dout_BNLH).astype(v_BNSH.dtype)
   dprobs_BNLS = jnp.einsum("BNLH,BNSH->BNLS", dout_BNLH, v_BNSH,
                            preferred_element_type=jnp.float32)
   delta_BNL1 = jnp.sum(dout_BNLH.astype(jnp.float32) * out_BNLH.astype(jnp.float32), axis=-1,
                        keepdims=True)
   dscores_BNLS = (probs_BNLS * (dprobs_BNLS - delta_BNL1)).astype(q_BNLH.dtype)
   dq_BNLH = jnp.einsum("BNLS,BNSH->BNLH", dscores_BNLS, k_BNSH)
-  dk_BNSH = jnp.einsum("BNLS,BNLH->BNSH", dscores_BNLS, q_BNLH)
+  dk_BNSH = _over_queries(dscores_BNLS, q_BNLH).astype(k_BNSH.dtype)
   return dq_BNLH, dk_BNSH, dv_BNSH
+
+
+def _over_queries(a_BNLS: Array, x_BNLH: Array) -> Array:
+  """sum over L of a[L, S] x[L, H], as (xᵀ a)ᵀ: (B, N, S, H) in float32.
+
+  Written directly, both operands are contracted on their row axis, which XLA:CPU ran ~2.5x
+  slower than a plain product at the bytes shape (4.7 against 1.9 ms); with xᵀ materialised
+  it took 3.2 ms, transposes included. The barriers stop XLA folding them back into the dot.
+  """
+  xt_BNHL = jax.lax.optimization_barrier(jnp.swapaxes(x_BNLH, -1, -2))
+  out_BNHS = jnp.einsum("BNHL,BNLS->BNHS", xt_BNHL, a_BNLS, preferred_element_type=jnp.float32)
+  return jnp.swapaxes(jax.lax.optimization_barrier(out_BNHS), -1, -2)
 
 
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
