@@ -209,6 +209,7 @@ def _head_stats_bwd(st, res, g):
   g_log_z, g_target, g_log_hit = (jnp.asarray(a, jnp.float32) for a in g)
   ratio_Nl = g_log_hit / jnp.exp(stats.log_hit - stats.log_z[:, None])
   h_c, size = h_ND.astype(st.compute_dtype), st.block_rows
+  ht_DN = jax.lax.optimization_barrier(h_c.T)  # kept: hᵀ·dz ran ~1.3x slower on XLA:CPU
 
   def chunk_body(k, carry):
     dh_ND, dw_DC, db_C = carry
@@ -229,7 +230,8 @@ def _head_stats_bwd(st, res, g):
       db_K = db_K + dz_RK.sum(0)
       dz_RK = dz_RK.astype(st.compute_dtype)
       dh_RD = rows(dh_ND) + jnp.dot(dz_RK, ch.w_DK.T, preferred_element_type=jnp.float32)
-      dw_DK = dw_DK + jnp.dot(h_RD.T, dz_RK, preferred_element_type=jnp.float32)
+      ht_DR = jax.lax.dynamic_slice_in_dim(ht_DN, r * size, size, axis=1)
+      dw_DK = dw_DK + jnp.dot(ht_DR, dz_RK, preferred_element_type=jnp.float32)
       return _put_rows(dh_ND, dh_RD, r, size), dw_DK, db_K
 
     init = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))

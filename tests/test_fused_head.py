@@ -1,6 +1,7 @@
 """The fused head equals the objectives on materialised logits h @ W + b: values and gradients."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -285,3 +286,19 @@ def test_fused_head_skip_rows_off_leaves_no_loop_over_row_blocks():
                                                     train=False)[0].mean()
     loops[skip] = jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.while")
   assert loops[True] == loops[False] + 2
+
+
+def test_weight_gradient_is_a_plain_product_in_the_compiled_backward():
+  """With the rows in blocks (here 4 of 128), dW = hᵀ dz contracts the rows of both operands, a
+  form XLA:CPU's YNNPACK ran ~1.3x slower than a plain product. The backward takes it from hᵀ."""
+  code, rng = PrimeCode(300, 2), np.random.default_rng(0)
+  h = jnp.asarray(rng.standard_normal((4, 128, 32)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((32, 300)), jnp.float32)
+  x0 = rng.integers(0, 300, (4, 128))
+  y = np.where(rng.uniform(size=(4, 128, 2)) < 0.5, code.encode(x0), code.mask_value)
+  loss = lambda k: fused_head.valid_loss(code, SCHEDULE, h, k, jnp.zeros(300), x0, y,
+                                         jnp.full((4,), 0.5), chunk_size=128).sum()
+  hlo = jax.jit(jax.grad(loss)).lower(kernel).compile().as_text()
+  dims = re.findall(r"dot\([^)]*\), lhs_contracting_dims=\{(\d)\}, rhs_contracting_dims=\{(\d)\}",
+                    hlo)
+  assert dims and ("0", "0") not in dims
