@@ -37,7 +37,8 @@ def test_report_times_the_step_and_the_head_share(small_owt, capsys):
   assert out["body_s"] > 0
   assert out["head_share"] == pytest.approx(1.0 - out["body_s"] / out["step_s"])
   # A 50257-way head on a 32-wide, 2-block body: the head and objective do most of the work.
-  # The body-only program keeps the embedding and the optimizer, so its time share is smaller.
+  # The body-only program still updates every weight (the head's 1.6M with a zero gradient),
+  # so on a memory-bound CPU the timed share is smaller.
   assert 0.6 < out["head_flop_share"] < 0.8
   printed = capsys.readouterr().out
   assert "MFU" in printed and f"{out['head_flop_share']:.1%} of its compiled FLOPs" in printed
