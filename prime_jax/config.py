@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
       # (B, L, C) logits (transformer only); 0 forms them.
       fused_head_chunk=0,
       # The fused head skips blocks of tokens with no masked digit (about a third at ℓ = 2) behind
-      # a loop whose bound is data: off, it computes every token with no such loop.
+      # a switch on their count: off, it computes every token with no switch.
       fused_head_skip_rows=True,
       # The released checkpoints' parameterisation (prime_jax.convert); off for this project's
       # own models: adaLN constant from the time MLP at t = 0; U-Net without input conv and

@@ -5,10 +5,10 @@ a streaming log-sum-exp per token of (a) every token consistent with the visible
 without carry-over), (b) the clean token's logit, and (c) for each digit j, the consistent tokens
 whose digit j equals the clean digit — the masked-digit marginal μ^j(x0_j) is (c_j) / (a). Every
 objective in `objectives` is a simple function of these `HeadStats`; a custom VJP recomputes each
-chunk's logits in the backward pass. Values equal `objectives.*` on `h @ W + b`. Within a chunk
-the tokens go in blocks of rows, and blocks of tokens that have no diffusion loss are skipped.
-Shape letters: N tokens (batch and positions flattened), R tokens of a block, D width,
-C vocabulary, K chunk width, ℓ digits.
+chunk's logits in the backward pass. Values equal `objectives.*` on `h @ W + b`. The tokens go
+in blocks of rows, and blocks of tokens that have no diffusion loss are skipped (`vocab_chunks`
+holds what a chunk computes). Shape letters: N tokens (batch and positions flattened), R tokens
+of a group of blocks, D width, C vocabulary, K chunk width, ℓ digits.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from prime_jax import vocab_chunks
 from prime_jax.objectives import NEG_INF
 from prime_jax.schedules import Schedule
 from prime_jax.subtokens import PrimeCode
@@ -34,6 +35,11 @@ DEFAULT_CHUNK_SIZE = 4096
 # last one is seldom free: the rows then go as one block (at ℓ = 4, 512 rows, D = 768 on a CPU,
 # 4 blocks took 15-18% longer than one).
 MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 128
+# The active blocks go through each product together, up to this many rows (at least one
+# block), so that the (rows x chunk) tiles stay bounded at large N. On a CPU at 512 tokens,
+# D = 256, C = 50,257, one product over 3 blocks of 128 rows took the loss + gradient 0.92x the
+# time of a loop over the blocks.
+MAX_PRODUCT_ROWS = 512
 # Same clamp as objectives._masked_digit_nll: a digit marginal is at least 1e-37 (~85 nats).
 _MIN_MARGINAL = 1e-37
 
@@ -57,132 +63,84 @@ class _Static:
   with_hits: bool
   compute_dtype: Any
   block_rows: int  # Token rows per block (the rows are padded to a multiple).
-  skip: bool  # Blocks past a traced count are skipped; else one block runs with no inner loop.
+  skip: bool  # Blocks past a traced count are skipped; else all rows go as one block.
 
   @property
   def num_chunks(self) -> int:
     return -(-self.code.vocab_size // self.chunk_size)
 
 
-class _Chunk(NamedTuple):
-  """Chunk k of the vocabulary: first code, kernel (D, K) and bias (K,) slices, its codes'
-  digits, and which of them no earlier chunk covered (the last chunk starts at C - K, so it may
-  overlap the one before; no padding of the kernel is ever needed)."""
-
-  start: jax.Array
-  w_DK: jax.Array
-  b_K: jax.Array
-  codes_K: jax.Array
-  fresh_K: jax.Array
-  digits: list
+def _chunk(st: _Static, k, kernel_DC, bias_C) -> vocab_chunks.Chunk:
+  return vocab_chunks.chunk(st.code, st.chunk_size, st.compute_dtype, k, kernel_DC, bias_C)
 
 
-def _chunk(st: _Static, k, kernel_DC, bias_C) -> _Chunk:
-  code, size = st.code, st.chunk_size
-  start = jnp.minimum(k * size, code.vocab_size - size)
-  w_DK = jax.lax.dynamic_slice_in_dim(kernel_DC, start, size, axis=1).astype(st.compute_dtype)
-  b_K = jax.lax.dynamic_slice_in_dim(bias_C, start, size).astype(jnp.float32)
-  codes_K = start + jnp.arange(size)
-  digits = [(codes_K // code.base ** (code.ell - 1 - j)) % code.base for j in range(code.ell)]
-  return _Chunk(start, w_DK, b_K, codes_K, codes_K >= k * size, digits)
+def _rows(a, start, size: int):
+  return jax.lax.dynamic_slice_in_dim(a, start, size, axis=0)
 
 
-def _block_logits(st: _Static, ch: _Chunk, h_RD, x0_R, y_Rl):
-  """float32 logits (R, K) of a block of rows against a chunk, and its masks."""
-  code = st.code
-  z_RK = jnp.dot(h_RD, ch.w_DK, preferred_element_type=jnp.float32) + ch.b_K
-  keep_RK = jnp.broadcast_to(ch.fresh_K, z_RK.shape)
-  if y_Rl is not None:
-    for j, d_K in enumerate(ch.digits):
-      y_j = y_Rl[:, j, None]
-      keep_RK = keep_RK & ((y_j == code.mask_value) | (y_j == d_K))
-  hits = []
-  if st.with_hits:
-    x0_digits = code.encode(x0_R)
-    hits = [x0_digits[:, j, None] == d_K for j, d_K in enumerate(ch.digits)]
-  target_RK = ch.fresh_K & (ch.codes_K == x0_R[:, None])
-  return z_RK, keep_RK, hits, target_RK
+def _put_rows(a, part, start):
+  return jax.lax.dynamic_update_slice_in_dim(a, part, start, axis=0)
 
 
-def _picked_sum(e_RK, col_RG, valid_RG):
-  """Σ_g e[r, col[r, g]] over the valid picks: a gather, not a masked pass over the chunk."""
-  size = e_RK.shape[1]
-  valid_RG = valid_RG & (col_RG >= 0) & (col_RG < size)
-  picked = jnp.take_along_axis(e_RK, jnp.clip(col_RG, 0, size - 1), axis=1)
-  return jnp.where(valid_RG, picked, 0.0).sum(-1)
+def _over_groups(st: _Static, rows: int, body, carry):
+  """`body(start, size, carry)` over groups of whole blocks covering rows [0, rows), one product
+  each; equal groups run in a loop of static length (one group's tiles live at a time)."""
+  step = max(1, MAX_PRODUCT_ROWS // st.block_rows) * st.block_rows
+  full, rest = divmod(rows, step)
+  if full == 1:
+    carry = body(0, step, carry)
+  elif full > 1:
+    carry = jax.lax.fori_loop(0, full, lambda i, c: body(i * step, step, c), carry)
+  return body(full * step, rest, carry) if rest else carry
 
 
-def _digit_sums(st: _Static, ch: _Chunk, e_RK, hits, x0_R) -> list:
-  """Per digit j, Σ of e over the chunk's codes whose digit j is x0's. Those codes come in runs
-  of b^(ℓ-1-j), one every b^(ℓ-j): where they are few they are gathered, else the hit mask is
-  summed (at ℓ = 2, C = 50,257, with the clean token's logit also gathered, the forward chunk
-  loop ran 11% faster than with masked sums)."""
-  code, size = st.code, e_RK.shape[1]
-  digits_Rl, sums = code.encode(x0_R), []
-  for j, hit_RK in enumerate(hits):
-    run = code.base ** (code.ell - 1 - j)
-    period, n_runs = run * code.base, size // (run * code.base) + 2
-    if 2 * n_runs * run > size:
-      sums.append(jnp.where(hit_RK, e_RK, 0.0).sum(-1))
-      continue
-    offset_R = digits_Rl[:, j] * run - ch.start  # Column of run q = 0, from the chunk's start.
-    first_R = -((offset_R + run - 1) // period)  # The first run that ends inside the chunk.
-    col_RQS = ((first_R[:, None] + jnp.arange(n_runs)) * period + offset_R[:, None])[..., None]
-    col_RG = (col_RQS + jnp.arange(run)).reshape(e_RK.shape[0], n_runs * run)
-    sums.append(_picked_sum(e_RK, col_RG, True))
-  return sums
-
-
-def _rows(a, r, size: int):
-  return jax.lax.dynamic_slice_in_dim(a, r * size, size, axis=0)
-
-
-def _put_rows(a, part, r, size: int):
-  return jax.lax.dynamic_update_slice_in_dim(a, part, r * size, axis=0)
-
-
-def _over_blocks(st: _Static, num_blocks, body, carry):
-  """`body(r, carry)` for the row blocks r below `num_blocks`. Without skipping it is one call,
-  not a loop: no bound inside the chunk loop is data (on a GPU, each step of a loop whose bound
-  is data can wait on the host)."""
+def _chunk_loop(st: _Static, n: int, num_blocks, chunk_body, init):
+  """The loop over chunks of `chunk_body(rows, k, carry)` for the first rows = `num_blocks`
+  blocks: a static count in each branch of a switch (without skipping, all n rows and no switch).
+  No loop bound is data (on a GPU, each step of such a loop can wait on the host)."""
+  def run(rows: int):
+    body = functools.partial(chunk_body, rows)
+    return init if rows == 0 else jax.lax.fori_loop(0, st.num_chunks, body, init)
   if not st.skip:
-    return body(0, carry)
-  return jax.lax.fori_loop(0, num_blocks, body, carry)
+    return run(n)
+  return jax.lax.switch(num_blocks, [functools.partial(run, b * st.block_rows)
+                                     for b in range(n // st.block_rows + 1)])
 
 
 def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
-  """The forward loops: per chunk, per row block below `num_blocks`, a running max m and sums
-  scaled by e^{-m} of the consistent set and hits. Rows of later blocks get zeros."""
-  n, ell, size = h_ND.shape[0], st.code.ell if st.with_hits else 0, st.block_rows
+  """The forward loop: per chunk, for the rows of the blocks below `num_blocks`, a running max m
+  and sums scaled by e^{-m} of the consistent set and hits. Rows of later blocks get zeros."""
+  n, ell = h_ND.shape[0], st.code.ell if st.with_hits else 0
   h_ND = h_ND.astype(st.compute_dtype)
 
-  def chunk_body(k, carry):
-    ch = _chunk(st, k, kernel_DC, bias_C)
+  def group_body(ch, start, size, carry):
+    rows = lambda a: _rows(a, start, size)
+    m_N, s_N, hit_Nl, tgt_N = carry
+    z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
+        st.code, ch, rows(h_ND), rows(x0_N), None if y_Nl is None else rows(y_Nl), st.with_hits)
+    m_R = rows(m_N)
+    m_new = jnp.maximum(m_R, jnp.where(keep_RK, z_RK, NEG_INF).max(-1))
+    e_RK = jnp.where(keep_RK, jnp.exp(z_RK - m_new[:, None]), 0.0)
+    scale_R = jnp.exp(m_R - m_new)
+    s_R = rows(s_N) * scale_R + e_RK.sum(-1)
+    if hits:
+      new_hits = jnp.stack(vocab_chunks.digit_sums(st.code, ch, e_RK, hits, rows(x0_N)),
+                           axis=-1)
+      hit_Nl = _put_rows(hit_Nl, rows(hit_Nl) * scale_R[:, None] + new_hits, start)
+    col_R1 = (rows(x0_N) - ch.start)[:, None]  # The clean token's logit, if this chunk has it.
+    fresh_R1 = ch.fresh_K[jnp.clip(col_R1, 0, z_RK.shape[1] - 1)]
+    tgt_R = rows(tgt_N) + vocab_chunks.picked_sum(z_RK, col_R1, fresh_R1)
+    return (_put_rows(m_N, m_new, start), _put_rows(s_N, s_R, start), hit_Nl,
+            _put_rows(tgt_N, tgt_R, start))
 
-    def block_body(r, carry):
-      rows = lambda a: _rows(a, r, size)
-      m_N, s_N, hit_Nl, tgt_N = carry
-      z_RK, keep_RK, hits, target_RK = _block_logits(
-          st, ch, rows(h_ND), rows(x0_N), None if y_Nl is None else rows(y_Nl))
-      m_R = rows(m_N)
-      m_new = jnp.maximum(m_R, jnp.where(keep_RK, z_RK, NEG_INF).max(-1))
-      e_RK = jnp.where(keep_RK, jnp.exp(z_RK - m_new[:, None]), 0.0)
-      scale_R = jnp.exp(m_R - m_new)
-      s_R = rows(s_N) * scale_R + e_RK.sum(-1)
-      if hits:
-        new_hits = jnp.stack(_digit_sums(st, ch, e_RK, hits, rows(x0_N)), axis=-1)
-        hit_Nl = _put_rows(hit_Nl, rows(hit_Nl) * scale_R[:, None] + new_hits, r, size)
-      col_R1 = (rows(x0_N) - ch.start)[:, None]  # The clean token's logit, if this chunk has it.
-      fresh_R1 = ch.fresh_K[jnp.clip(col_R1, 0, z_RK.shape[1] - 1)]
-      tgt_R = rows(tgt_N) + _picked_sum(z_RK, col_R1, fresh_R1)
-      return (_put_rows(m_N, m_new, r, size), _put_rows(s_N, s_R, r, size), hit_Nl,
-              _put_rows(tgt_N, tgt_R, r, size))
-    return _over_blocks(st, num_blocks, block_body, carry)
+  def chunk_body(rows, k, carry):
+    return _over_groups(st, rows, functools.partial(group_body, _chunk(st, k, kernel_DC, bias_C)),
+                        carry)
 
   zeros = jnp.zeros((n,), jnp.float32)
   init = (jnp.full((n,), NEG_INF, jnp.float32), zeros, jnp.zeros((n, ell), jnp.float32), zeros)
-  m_N, s_N, hit_Nl, tgt_N = jax.lax.fori_loop(0, st.num_chunks, chunk_body, init)
-  done_N = jnp.arange(n) < num_blocks * size
+  m_N, s_N, hit_Nl, tgt_N = _chunk_loop(st, n, num_blocks, chunk_body, init)
+  done_N = jnp.arange(n) < num_blocks * st.block_rows
   log_z = jnp.where(done_N, m_N + jnp.log(s_N), 0.0)
   log_hit = m_N[:, None] + jnp.log(jnp.maximum(hit_Nl, _MIN_MARGINAL * s_N[:, None]))
   return HeadStats(log_z, jnp.where(done_N, tgt_N, 0.0),
@@ -201,48 +159,46 @@ def _head_stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
 
 def _head_stats_bwd(st, res, g):
   """dz_c = p_c (g_log_z + Σ_j [c_j = x0_j] g_log_hit_j / μ_j) + [c = x0] g_target, chunk by chunk
-  and block by block; the weight gradient of a chunk is summed over its blocks in place.
+  for the rows of the active blocks; the weight gradient of a chunk is summed in place.
 
   μ_j is the clamped marginal, exactly as objectives._masked_digit_nll uses it.
   """
   h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats = res
   g_log_z, g_target, g_log_hit = (jnp.asarray(a, jnp.float32) for a in g)
   ratio_Nl = g_log_hit / jnp.exp(stats.log_hit - stats.log_z[:, None])
-  h_c, size = h_ND.astype(st.compute_dtype), st.block_rows
+  h_c = h_ND.astype(st.compute_dtype)
   # A kept copy of hᵀ (XLA folds a bare transpose back into hᵀ·dz, ~1.3x slower on XLA:CPU).
   ht_DN = jax.lax.optimization_barrier(h_c.T)
 
-  def chunk_body(k, carry):
+  def group_body(ch, start, size, carry):
+    rows = lambda a: _rows(a, start, size)
+    dh_ND, dw_DK, db_K = carry
+    z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
+        st.code, ch, rows(h_c), rows(x0_N), None if y_Nl is None else rows(y_Nl), st.with_hits)
+    coef_RK = rows(g_log_z)[:, None]
+    ratio_Rl = rows(ratio_Nl)
+    for j, hit in enumerate(hits):
+      coef_RK = coef_RK + jnp.where(hit, ratio_Rl[:, j, None], 0.0)
+    p_RK = jnp.where(keep_RK, jnp.exp(z_RK - rows(stats.log_z)[:, None]), 0.0)
+    dz_RK = p_RK * coef_RK + jnp.where(target_RK, rows(g_target)[:, None], 0.0)
+    db_K = db_K + dz_RK.sum(0)
+    dz_RK = dz_RK.astype(st.compute_dtype)
+    dh_RD = rows(dh_ND) + jnp.dot(dz_RK, ch.w_DK.T, preferred_element_type=jnp.float32)
+    ht_DR = jax.lax.dynamic_slice_in_dim(ht_DN, start, size, axis=1)
+    dw_DK = dw_DK + jnp.dot(ht_DR, dz_RK, preferred_element_type=jnp.float32)
+    return _put_rows(dh_ND, dh_RD, start), dw_DK, db_K
+
+  def chunk_body(rows, k, carry):
     dh_ND, dw_DC, db_C = carry
     ch = _chunk(st, k, kernel_DC, bias_C)
-
-    def block_body(r, carry):
-      rows = lambda a: _rows(a, r, size)
-      dh_ND, dw_DK, db_K = carry
-      h_RD = rows(h_c)
-      z_RK, keep_RK, hits, target_RK = _block_logits(
-          st, ch, h_RD, rows(x0_N), None if y_Nl is None else rows(y_Nl))
-      coef_RK = rows(g_log_z)[:, None]
-      ratio_Rl = rows(ratio_Nl)
-      for j, hit in enumerate(hits):
-        coef_RK = coef_RK + jnp.where(hit, ratio_Rl[:, j, None], 0.0)
-      p_RK = jnp.where(keep_RK, jnp.exp(z_RK - rows(stats.log_z)[:, None]), 0.0)
-      dz_RK = p_RK * coef_RK + jnp.where(target_RK, rows(g_target)[:, None], 0.0)
-      db_K = db_K + dz_RK.sum(0)
-      dz_RK = dz_RK.astype(st.compute_dtype)
-      dh_RD = rows(dh_ND) + jnp.dot(dz_RK, ch.w_DK.T, preferred_element_type=jnp.float32)
-      ht_DR = jax.lax.dynamic_slice_in_dim(ht_DN, r * size, size, axis=1)
-      dw_DK = dw_DK + jnp.dot(ht_DR, dz_RK, preferred_element_type=jnp.float32)
-      return _put_rows(dh_ND, dh_RD, r, size), dw_DK, db_K
-
-    init = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
-    dh_ND, dw_DK, db_K = _over_blocks(st, num_blocks, block_body, init)
+    part = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
+    dh_ND, dw_DK, db_K = _over_groups(st, rows, functools.partial(group_body, ch), part)
     return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
             _add_slice(db_C, db_K, ch.start, axis=0))
 
   init = (jnp.zeros(h_ND.shape, jnp.float32), jnp.zeros(kernel_DC.shape, jnp.float32),
           jnp.zeros(bias_C.shape, jnp.float32))
-  dh_ND, dw_DC, db_C = jax.lax.fori_loop(0, st.num_chunks, chunk_body, init)
+  dh_ND, dw_DC, db_C = _chunk_loop(st, h_ND.shape[0], num_blocks, chunk_body, init)
   return (dh_ND.astype(h_ND.dtype), dw_DC.astype(kernel_DC.dtype), db_C.astype(bias_C.dtype),
           None, None, None)
 
@@ -306,7 +262,7 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
     row_blocks = max(1, min(MAX_ROW_BLOCKS, n // MIN_BLOCK_ROWS))
     row_blocks = 1 if row_blocks <= code.ell else row_blocks
   blocks = 1 if active is None else min(row_blocks, n)
-  skip = blocks > 1  # One block computes every row, with no data-bound loop.
+  skip = blocks > 1  # One block computes every row, with no switch.
   size = -(-n // blocks)
   st = _Static(code, min(chunk_size, code.vocab_size), with_hits, jnp.dtype(dtype), size, skip)
   if not skip:

@@ -123,14 +123,21 @@ def _skipped_rows(active: np.ndarray, row_blocks: int) -> np.ndarray:
   return (position >= computed).reshape(active.shape)
 
 
-@pytest.mark.parametrize("row_blocks", [3, 7, 100])
-def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks):
+@pytest.mark.parametrize("row_blocks,product_rows", [(3, 512), (7, 512), (100, 512), (7, 6),
+                                                     (100, 1)])
+def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks, product_rows,
+                                                                 monkeypatch):
   """NaN features on the rows that should be skipped leave the diffusion losses, and every
-  gradient (0 on those rows), equal to the reference on finite features."""
+  gradient (0 on those rows), equal to the reference on finite features. With few rows to a
+  product, the active blocks go in several groups: a loop of static length, then a shorter one."""
+  monkeypatch.setattr(fused_head, "MAX_PRODUCT_ROWS", product_rows)
   code, (h, kernel, bias), x0, y, t, cot = _inputs(2, seed=3)
   active = (y == code.mask_value).any(-1)
   skipped = _skipped_rows(np.asarray(active), row_blocks)
   assert skipped.any() and not (skipped & np.asarray(active)).any()
+  block = -(-active.size // min(row_blocks, active.size))
+  group = max(1, product_rows // block) * block
+  assert product_rows > block or (~skipped).sum() >= 2 * group  # Those go through the loop.
   poisoned = jnp.where(skipped[..., None], jnp.nan, h)
 
   def total(loss_fn, h, kernel, bias):
@@ -156,8 +163,8 @@ def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks):
     _assert_close(g, r, what=f"d/d{arg}")
 
 
-def _while_loops(ell: int, active: bool, rows: int = B * L, **kw) -> int:
-  """How many loops the lowered gradient of the fused valid loss holds (rows = B·L tokens)."""
+def _loops(ell: int, active: bool, rows: int = B * L, **kw) -> tuple[int, int, int]:
+  """(loops, switches, loops whose bound is data) in the gradient of the fused valid loss."""
   code = PrimeCode(C, ell)
   rng = np.random.default_rng(0)
   h, kernel, bias = (jnp.asarray(rng.standard_normal(s), jnp.float32)
@@ -168,23 +175,28 @@ def _while_loops(ell: int, active: bool, rows: int = B * L, **kw) -> int:
     stats = fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16,
                                   active=(y == code.mask_value).any(-1) if active else None, **kw)
     return fused_head.losses_from_stats(code, SCHEDULE, stats, y, 0.5)["valid"].sum()
-  return jax.jit(jax.grad(loss)).lower(h).as_text().count("stablehlo.while")
+  grad = jax.grad(loss)
+  text = jax.jit(grad).lower(h).as_text()
+  # A fori_loop of static length traces to a scan; one whose bound is data stays a while.
+  return (text.count("stablehlo.while"), text.count("stablehlo.case"),
+          str(jax.make_jaxpr(grad)(h)).count("while["))
 
 
-def test_without_active_rows_the_only_loops_are_over_chunks():
-  """No `active`: one loop over the chunks in each pass, none nested whose bound is data (a GPU
-  would wait on the host for it); with `active`, each pass has its loop over row blocks too."""
-  assert _while_loops(2, active=False) == 2
-  assert _while_loops(2, active=True, row_blocks=3) == 4
-  assert _while_loops(2, active=True, row_blocks=1) == 2
+def test_no_loop_waits_on_data():
+  """Without `active`, one loop over the chunks in each pass. With it, each pass switches on the
+  number of active blocks, and each nonzero count has its chunk loop, of static length: no loop
+  bound is data (a GPU would wait on the host for it)."""
+  assert _loops(2, active=False) == (2, 0, 0)
+  assert _loops(2, active=True, row_blocks=3) == (6, 2, 0)
+  assert _loops(2, active=True, row_blocks=1) == (2, 0, 0)
 
 
 def test_rows_are_cut_into_blocks_only_where_a_block_is_likely_to_be_skipped():
   """By default 512 tokens make 4 blocks: worth it at ℓ = 2 (a third of the tokens have no
   masked digit), not at ℓ = 4 (a fifth), where every row goes as one block."""
-  assert _while_loops(2, active=True, rows=512) == 4
-  assert _while_loops(4, active=True, rows=512) == 2
-  assert _while_loops(4, active=True, rows=640) == 4  # 5 blocks.
+  assert _loops(2, active=True, rows=512) == (8, 2, 0)
+  assert _loops(4, active=True, rows=512) == (2, 0, 0)
+  assert _loops(4, active=True, rows=640) == (10, 2, 0)  # 5 blocks.
 
 
 def test_transformer_features_times_head_params_are_its_logits():
@@ -273,19 +285,19 @@ def test_a_train_step_through_the_fused_head_equals_the_one_on_logits(arg, train
       _assert_close(a, b, rel=1e-4, what=f"{key} gradient")
 
 
-def test_fused_head_skip_rows_off_leaves_no_loop_over_row_blocks():
-  """model.fused_head_skip_rows=False: the train loss has no loop over row blocks (one fewer
-  loop in each of the head's two passes), for a batch that is otherwise cut into blocks."""
+def test_fused_head_skip_rows_off_leaves_no_switch_over_row_blocks():
+  """model.fused_head_skip_rows=False: the train loss has no switch over the count of active
+  row blocks in the head's two passes, for a batch that is otherwise cut into blocks."""
   tokens = jnp.zeros((16, 32), jnp.int32)
-  loops = {}
+  switches = {}
   for skip in (True, False):
     c = tiny.config_from_arg("ell=2", model__fused_head_chunk=100, model__fused_head_skip_rows=skip)
     task = step_lib.build_task(c, 256, (32,))
     params = jax.eval_shape(lambda: step_lib.init_state(task, jax.random.key(0), (32,))).params
     loss = lambda p, task=task: step_lib.loss_terms(task, p, tokens, jax.random.key(3),
                                                     train=False)[0].mean()
-    loops[skip] = jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.while")
-  assert loops[True] == loops[False] + 2
+    switches[skip] = jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.case")
+  assert switches[True] == switches[False] + 2
 
 
 def test_weight_gradient_is_a_plain_product_in_the_compiled_backward():

@@ -1,0 +1,87 @@
+"""The vocabulary chunks that the fused head (`fused_head`) loops over.
+
+A chunk is K consecutive token codes: its kernel and bias slices, its codes' digits, and which
+of them no earlier chunk covered. A block of rows' logits against a chunk come with the masks
+the objectives need, and sums over a chunk's columns gather the columns where few are needed.
+Shape letters: R rows, D width, K chunk width, G gathered columns, ℓ digits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from prime_jax.subtokens import PrimeCode
+
+
+class Chunk(NamedTuple):
+  """Chunk k of the vocabulary: first code, kernel (D, K) and bias (K,) slices, its codes'
+  digits, and which of them no earlier chunk covered (the last chunk starts at C - K, so it may
+  overlap the one before; no padding of the kernel is ever needed)."""
+
+  start: jax.Array
+  w_DK: jax.Array
+  b_K: jax.Array
+  codes_K: jax.Array
+  fresh_K: jax.Array
+  digits: list
+
+
+def chunk(code: PrimeCode, size: int, compute_dtype: Any, k, kernel_DC: jax.Array,
+          bias_C: jax.Array) -> Chunk:
+  """Chunk k of `size` codes, its kernel slice in `compute_dtype`."""
+  start = jnp.minimum(k * size, code.vocab_size - size)
+  w_DK = jax.lax.dynamic_slice_in_dim(kernel_DC, start, size, axis=1).astype(compute_dtype)
+  b_K = jax.lax.dynamic_slice_in_dim(bias_C, start, size).astype(jnp.float32)
+  codes_K = start + jnp.arange(size)
+  digits = [(codes_K // code.base ** (code.ell - 1 - j)) % code.base for j in range(code.ell)]
+  return Chunk(start, w_DK, b_K, codes_K, codes_K >= k * size, digits)
+
+
+def logits(code: PrimeCode, ch: Chunk, h_RD: jax.Array, x0_R: jax.Array, y_Rl, with_hits: bool):
+  """float32 logits (R, K) of a block of rows against a chunk; which columns are consistent
+  with y (all fresh ones when y is None), per digit which share x0's digit (if `with_hits`),
+  and which is x0."""
+  z_RK = jnp.dot(h_RD, ch.w_DK, preferred_element_type=jnp.float32) + ch.b_K
+  keep_RK = jnp.broadcast_to(ch.fresh_K, z_RK.shape)
+  if y_Rl is not None:
+    for j, d_K in enumerate(ch.digits):
+      y_j = y_Rl[:, j, None]
+      keep_RK = keep_RK & ((y_j == code.mask_value) | (y_j == d_K))
+  hits = []
+  if with_hits:
+    x0_digits = code.encode(x0_R)
+    hits = [x0_digits[:, j, None] == d_K for j, d_K in enumerate(ch.digits)]
+  target_RK = ch.fresh_K & (ch.codes_K == x0_R[:, None])
+  return z_RK, keep_RK, hits, target_RK
+
+
+def picked_sum(e_RK: jax.Array, col_RG: jax.Array, valid_RG) -> jax.Array:
+  """Σ_g e[r, col[r, g]] over the valid picks: a gather, not a masked pass over the chunk."""
+  size = e_RK.shape[1]
+  valid_RG = valid_RG & (col_RG >= 0) & (col_RG < size)
+  picked = jnp.take_along_axis(e_RK, jnp.clip(col_RG, 0, size - 1), axis=1)
+  return jnp.where(valid_RG, picked, 0.0).sum(-1)
+
+
+def digit_sums(code: PrimeCode, ch: Chunk, e_RK: jax.Array, hits: list, x0_R: jax.Array) -> list:
+  """Per digit j, Σ of e over the chunk's codes whose digit j is x0's. Those codes come in runs
+  of b^(ℓ-1-j), one every b^(ℓ-j): where they are few they are gathered, else the hit mask is
+  summed (at ℓ = 2, C = 50,257, with the clean token's logit also gathered, the forward chunk
+  loop ran 11% faster than with masked sums)."""
+  size = e_RK.shape[1]
+  digits_Rl, sums = code.encode(x0_R), []
+  for j, hit_RK in enumerate(hits):
+    run = code.base ** (code.ell - 1 - j)
+    period, n_runs = run * code.base, size // (run * code.base) + 2
+    if 2 * n_runs * run > size:
+      sums.append(jnp.where(hit_RK, e_RK, 0.0).sum(-1))
+      continue
+    offset_R = digits_Rl[:, j] * run - ch.start  # Column of run q = 0, from the chunk's start.
+    first_R = -((offset_R + run - 1) // period)  # The first run that ends inside the chunk.
+    col_RQS = ((first_R[:, None] + jnp.arange(n_runs)) * period + offset_R[:, None])[..., None]
+    col_RG = (col_RQS + jnp.arange(run)).reshape(e_RK.shape[0], n_runs * run)
+    sums.append(picked_sum(e_RK, col_RG, True))
+  return sums
