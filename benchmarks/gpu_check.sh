@@ -2,7 +2,7 @@
 # Every GPU figure for the OpenWebText-small shape in one run (a few minutes on an H100/H200):
 # train step (MFU, tokens/s, compiled peak memory, head + objective share) at a micro-batch of
 # 32 × 1024 (OWT_BATCHES="32 64" for more), the same step with the fused head computing every
-# token (model.fused_head_skip_rows=False: no data-bound loop, so no host round trip per chunk),
+# token (model.fused_head_skip_rows=False: no switch on the count of active rows),
 # then the sampler's own cost per step at batch 1 and 64, all with the XLA flags of
 # launch/gpu_flags.sh.
 #   bash benchmarks/gpu_check.sh
