@@ -133,9 +133,9 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
     return (_put_rows(m_N, m_new, start), _put_rows(s_N, s_R, start), hit_Nl,
             _put_rows(tgt_N, tgt_R, start))
 
-  def chunk_body(rows, k, carry):
-    return _over_groups(st, rows, functools.partial(group_body, _chunk(st, k, kernel_DC, bias_C)),
-                        carry)
+  def chunk_body(active_rows, k, carry):
+    ch = _chunk(st, k, kernel_DC, bias_C)
+    return _over_groups(st, active_rows, functools.partial(group_body, ch), carry)
 
   zeros = jnp.zeros((n,), jnp.float32)
   init = (jnp.full((n,), NEG_INF, jnp.float32), zeros, jnp.zeros((n, ell), jnp.float32), zeros)
@@ -188,11 +188,11 @@ def _head_stats_bwd(st, res, g):
     dw_DK = dw_DK + jnp.dot(ht_DR, dz_RK, preferred_element_type=jnp.float32)
     return _put_rows(dh_ND, dh_RD, start), dw_DK, db_K
 
-  def chunk_body(rows, k, carry):
+  def chunk_body(active_rows, k, carry):
     dh_ND, dw_DC, db_C = carry
     ch = _chunk(st, k, kernel_DC, bias_C)
     part = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
-    dh_ND, dw_DK, db_K = _over_groups(st, rows, functools.partial(group_body, ch), part)
+    dh_ND, dw_DK, db_K = _over_groups(st, active_rows, functools.partial(group_body, ch), part)
     return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
             _add_slice(db_C, db_K, ch.start, axis=0))
 
