@@ -2,9 +2,11 @@
 # Every GPU figure for the OpenWebText-small shape in one run (a few minutes on an H100/H200):
 # train step (MFU, tokens/s, compiled peak memory, head + objective share) at a micro-batch of
 # 32 × 1024 (OWT_BATCHES="32 64" for more), the same step with the fused head computing every
-# token (model.fused_head_skip_rows=False: no switch on the count of active rows),
-# then the sampler's own cost per step at batch 1 and 64, all with the XLA flags of
-# launch/gpu_flags.sh.
+# token (model.fused_head_skip_rows=False: no switch on the count of active rows), the same step
+# without rematerialisation (model.remat=False: nothing recomputed in the backward pass; on a
+# CPU, whose attention also keeps its float32 probabilities, it compiles to 47.85 GiB against
+# 18.06 with the config's remat), then the sampler's own cost per step at batch 1 and 64, all
+# with the XLA flags of launch/gpu_flags.sh.
 #   bash benchmarks/gpu_check.sh
 # SKIP_SETUP=1 uses the packages already installed (a machine with no network, say).
 set -euo pipefail
@@ -23,6 +25,10 @@ echo "[gpu_check] the same step, every token through the fused head:"
 timeout 150 python3 -m benchmarks.train_step --owt --owt_only --owt_batch 32 --repeats 10 \
   --owt_no_share --owt_set model.fused_head_skip_rows=False ||
   echo "[gpu_check] the OWT step without row skipping failed (exit $?)"
+echo "[gpu_check] the same step, no rematerialisation:"
+timeout 150 python3 -m benchmarks.train_step --owt --owt_only --owt_batch 32 --repeats 10 \
+  --owt_no_share --owt_set model.remat=False ||
+  echo "[gpu_check] the OWT step without rematerialisation failed (exit $?)"
 for batch in 1 64; do
   timeout "$((batch > 1 ? 180 : 60))" python3 -m benchmarks.sampling --seq_len=1024 \
     --vocab=50257 --d_model=768 --layers=12 --heads=12 --lengths=2 --batch="$batch" \
