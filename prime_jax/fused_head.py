@@ -116,7 +116,8 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   def group_body(ch, start, size, carry):
     rows = lambda a: _rows(a, start, size)
     m_N, s_N, hit_Nl, tgt_N = carry
-    z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
+    # The target mask goes unused here: the clean token's logit is gathered below.
+    z_RK, keep_RK, hits, _ = vocab_chunks.logits(
         st.code, ch, rows(h_ND), rows(x0_N), None if y_Nl is None else rows(y_Nl), st.with_hits)
     m_R = rows(m_N)
     m_new = jnp.maximum(m_R, jnp.where(keep_RK, z_RK, NEG_INF).max(-1))
