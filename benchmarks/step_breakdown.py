@@ -8,6 +8,8 @@ of the same jitted computation instead, at one of `benchmarks.train_step`'s shap
   dX chain          the gradient of the embedding table only: no weight-gradient products
   no attention      every block's attention output replaced by its values (softmax
                     attention, q/k projections and rotary drop out as dead code)
+  no attention core the attention output replaced by v + 1e-6 (q + k): the projections and
+                    rotary stay live, the softmax and its six batched products go
   train step        the full step (clip, AdamW, EMA)
 Parameters are perturbed from their init, since the zero-initialised head and adaLN would
 otherwise give an all-zero backward.
@@ -37,14 +39,25 @@ SHAPES = {"bytes": (256, True, 256, 8, 0), "gpt2": (50257, False, 128, 4, 2048),
 
 
 @contextlib.contextmanager
-def attention_as_values() -> Iterator[None]:
-  """Within the block, the text model's attention returns its values unchanged (traced calls)."""
+def attention_replaced(stand_in: Callable[..., jax.Array]) -> Iterator[None]:
+  """Within the block, the text model's attention is `stand_in(q, k, v)` (traced calls)."""
   original = transformer.dot_product_attention
-  transformer.dot_product_attention = lambda q, k, v, **kw: v
+  transformer.dot_product_attention = lambda q, k, v, **kw: stand_in(q, k, v)
   try:
     yield
   finally:
     transformer.dot_product_attention = original
+
+
+def attention_as_values() -> contextlib.AbstractContextManager:
+  """The attention returns its values unchanged: q/k projections and rotary become dead code."""
+  return attention_replaced(lambda q, k, v: v)
+
+
+def attention_without_core() -> contextlib.AbstractContextManager:
+  """The attention returns v + 1e-6 (q + k): every projection and the rotary keep a gradient,
+  while the softmax, its probabilities and the batched products drop out."""
+  return attention_replaced(lambda q, k, v: v + 1e-6 * (q + k))
 
 
 def interleaved_seconds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
@@ -120,6 +133,8 @@ def breakdown(shape: str, repeats: int) -> dict[str, float]:
   embed_grad = jit(embed_only_grad(task)).lower(params["embed"], rest, tokens).compile()
   with attention_as_values():
     no_attention = jit(jax.grad(loss)).lower(params, tokens).compile()
+  with attention_without_core():
+    no_core = jit(jax.grad(loss)).lower(params, tokens).compile()
   step = jit(functools.partial(step_lib.train_step, task), donate_argnums=0)
   holder = [jax.tree.map(jnp.copy, state)]  # donated: the other variants keep `params`
 
@@ -131,6 +146,7 @@ def breakdown(shape: str, repeats: int) -> dict[str, float]:
       "forward+backward": lambda: grad(params, tokens),
       "dX chain": lambda: embed_grad(params["embed"], rest, tokens),
       "no attention": lambda: no_attention(params, tokens),
+      "no attention core": lambda: no_core(params, tokens),
       "train step": train_step}, repeats)
 
 
@@ -145,7 +161,8 @@ def main() -> None:
   fwd, full = t["forward"], t["forward+backward"]
   print(f"backward / forward: {(full - fwd) / fwd:.2f}; weight-gradient products "
         f"{(full - t['dX chain']) / full:.0%} of forward+backward; attention (with q/k "
-        f"projections and rotary) {(full - t['no attention']) / full:.0%}; optimizer and "
+        f"projections and rotary) {(full - t['no attention']) / full:.0%}, its softmax and "
+        f"batched products alone {(full - t['no attention core']) / full:.0%}; optimizer and "
         f"the rest of the step {(t['train step'] - full) / t['train step']:.0%}")
 
 

@@ -28,6 +28,22 @@ def test_attention_as_values_makes_queries_and_keys_dead_and_is_undone(tiny):
   assert np.any(np.asarray(restored["block_0"]["query"]["kernel"]))
 
 
+def test_attention_without_core_keeps_projections_live_and_is_values_plus_a_tiny_term(tiny):
+  task, params, tokens = tiny
+  with step_breakdown.attention_as_values():
+    values = jax.jit(jax.grad(step_breakdown.loss_fn(task)))(params, tokens)
+  with step_breakdown.attention_without_core():
+    no_core = jax.jit(jax.grad(step_breakdown.loss_fn(task)))(params, tokens)
+  full = jax.jit(jax.grad(step_breakdown.loss_fn(task)))(params, tokens)
+  block = lambda g, name: np.asarray(g["block_0"][name]["kernel"])
+  for name in ("query", "key"):  # Live, with gradients scaled by the stand-in's 1e-6.
+    assert np.any(block(no_core, name))
+    assert np.abs(block(no_core, name)).max() < 1e-4 * np.abs(block(full, name)).max()
+  np.testing.assert_allclose(block(no_core, "value"), block(values, "value"), rtol=1e-3,
+                             atol=1e-7)
+  assert not np.allclose(block(no_core, "value"), block(full, "value"), rtol=1e-2)
+
+
 def test_embed_only_gradient_is_the_embedding_part_of_the_full_gradient(tiny):
   task, params, tokens = tiny
   full = jax.jit(jax.grad(step_breakdown.loss_fn(task)))(params, tokens)
