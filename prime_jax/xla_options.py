@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from prime_jax import errors
 from prime_jax.models import transformer_body_matmul_params
@@ -64,10 +65,16 @@ def compiler_options(config: ml_collections.ConfigDict, vocab_size: int,
 
 @functools.cache
 def _option_known() -> bool:
-  """Whether this jaxlib's XLA:CPU accepts the library option (it is experimental)."""
-  one = jax.device_put(np.float32(1), jax.devices("cpu")[0])
+  """Whether this jaxlib's XLA:CPU accepts the library option (it is experimental).
+
+  The probe compiles on one CPU device under its own mesh, so that a caller's mesh (several
+  devices, or several processes) does not clash with the probe's argument."""
+  cpu = jax.devices("cpu")[0]
+  one = jax.device_put(np.float32(1), cpu)
   try:
-    jax.jit(lambda x: x + 1).lower(one).compile({_FUSION_TYPE_OPTION: _YNN_FUSION_TYPES["ynn"]})
+    with jax.set_mesh(Mesh(np.array([cpu]), ("probe",))):
+      jax.jit(lambda x: x + 1).lower(one).compile(
+          {_FUSION_TYPE_OPTION: _YNN_FUSION_TYPES["ynn"]})
   except jax.errors.JaxRuntimeError:
     return False
   return True

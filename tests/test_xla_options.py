@@ -52,6 +52,17 @@ def test_options_only_on_cpu():
       OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+def test_options_resolve_under_a_mesh_of_several_devices():
+  # The probe of the option once compiled on device 0 under the caller's mesh, which a mesh
+  # of several devices refused ("incompatible devices").
+  xla_options._option_known.cache_clear()
+  mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:2])
+  with jax.set_mesh(mesh):
+    assert xla_options.compiler_options(_text_config(256, 4), 256, "cpu") == {
+        OPTION: "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
 def test_an_unknown_library_is_refused_by_name():
   c = tiny.config(xla__cpu_dot_library="mkl")
   with pytest.raises(config_lib.ConfigError, match=r"xla\.cpu_dot_library='mkl'.*'eigen'"):
