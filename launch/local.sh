@@ -11,6 +11,7 @@ WORKDIR="${1:-runs/shakespeare_l2}"
 shift || true
 CONFIG="${CONFIG:-configs/shakespeare.py:ell=2}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+source launch/cpu_allocator.sh
 
 echo "== train: $CONFIG -> $WORKDIR"
 python3 -m prime_jax.main --config="$CONFIG" --workdir="$WORKDIR" --mode=train "$@"

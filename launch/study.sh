@@ -12,6 +12,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+source launch/cpu_allocator.sh
 SIZE="${SIZE:-${1:-small}}"
 OUT="${OUT:-runs/study_$SIZE}"
 PY="${PYTHON:-python3}"

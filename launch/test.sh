@@ -8,4 +8,5 @@ cd "$ROOT"
 bash launch/setup_env.sh requirements-test.txt
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}"
 export JAX_PLATFORMS=cpu
+source launch/cpu_allocator.sh
 exec python3 -m pytest -q -n auto --maxprocesses=4 "$@" tests
