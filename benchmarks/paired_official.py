@@ -8,8 +8,12 @@ reports the median of the per-pair ratios official / ours (> 1: we are faster) w
 The official step is `../shared/tools/peer/bench_official.py`'s (forward, carry-over filter or
 log-softmax, loss, backward, clip, AdamW), built from the official code at `--src`; ours is
 `benchmarks.train_step`'s (its shapes, the GPT-2 rows through the fused head, EMA included).
+Each worker starts through `launch/cpu_allocator.sh`: by default ours with tcmalloc, as
+`launch/local.sh` runs it, and the official step with glibc's malloc, as its own code runs;
+`--official_allocator tcmalloc` gives both the same allocator.
   python3 -m benchmarks.paired_official --torch_python VENV/bin/python --src OFFICIAL/text \
-      [--shapes bytes,gpt2,gpt2co] [--pairs 30]
+      [--shapes bytes,gpt2,gpt2co] [--pairs 30] [--allocator tcmalloc|system]
+      [--official_allocator system|tcmalloc]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ PEER = os.path.join(os.path.dirname(ROOT), "shared", "tools", "peer")  # The def
 # name: (peer config name, carry-over, our fused-head chunk), as in benchmarks.train_step.
 SHAPES = {"bytes": ("bytes", True, 0), "gpt2": ("gpt2", False, 2048),
           "gpt2co": ("gpt2", True, 2048)}
+ALLOCATORS = ("tcmalloc", "system")  # PRIME_JAX_ALLOCATOR values of launch/cpu_allocator.sh
 
 
 def _ours_worker(shape: str) -> None:
@@ -95,9 +100,13 @@ def _serve(run) -> None:
     print(time.perf_counter() - start, file=out, flush=True)
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
-  proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                          cwd=ROOT)
+def _start(cmd: list[str], allocator: str) -> subprocess.Popen:
+  """A worker started through launch/cpu_allocator.sh with `allocator` (tcmalloc | system)."""
+  env = dict(os.environ, PRIME_JAX_ALLOCATOR=allocator)
+  env.pop("LD_PRELOAD", None)
+  launcher = ["bash", "-c", 'source launch/cpu_allocator.sh && exec "$@"', "worker"]
+  proc = subprocess.Popen(launcher + cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True, cwd=ROOT, env=env)
   if proc.stdout.readline().strip() != "ready":
     raise SystemExit(f"worker failed to start: {' '.join(cmd)}")
   return proc
@@ -109,11 +118,11 @@ def _step(proc: subprocess.Popen) -> float:
   return float(proc.stdout.readline())
 
 
-def alternate(commands: dict[str, list[str]], pairs: int, warmup: int, pause: float
-              ) -> dict[str, list[float]]:
-  """Step seconds of each worker (two commands), alternating which goes first each pair and
-  dropping the first `warmup` pairs."""
-  procs = {name: _start(cmd) for name, cmd in commands.items()}
+def alternate(commands: dict[str, list[str]], allocators: dict[str, str], pairs: int,
+              warmup: int, pause: float) -> dict[str, list[float]]:
+  """Step seconds of each worker (two commands, each run with its allocator), alternating which
+  goes first each pair and dropping the first `warmup` pairs."""
+  procs = {name: _start(cmd, allocators[name]) for name, cmd in commands.items()}
   times = {name: [] for name in procs}
   try:
     for i in range(warmup + pairs):
@@ -154,6 +163,10 @@ def main() -> None:
   p.add_argument("--pairs", type=int, default=30)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--pause", type=float, default=0.05, help="seconds idle before each step")
+  p.add_argument("--allocator", choices=ALLOCATORS, default="tcmalloc",
+                 help="malloc of our worker (launch/cpu_allocator.sh; local.sh uses tcmalloc)")
+  p.add_argument("--official_allocator", choices=ALLOCATORS, default="system",
+                 help="malloc of the official worker (its own code runs with glibc's)")
   p.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker == "ours":
@@ -170,11 +183,14 @@ def main() -> None:
     commands = {"ours": [sys.executable, me, "--worker", "ours", "--shapes", shape],
                 "official": [args.torch_python, me, "--worker", "official", "--shapes", shape,
                              "--src", os.path.abspath(args.src), "--peer", args.peer]}
-    r = {"shape": shape, **summary(alternate(commands, args.pairs, args.warmup, args.pause))}
+    allocators = {"ours": args.allocator, "official": args.official_allocator}
+    r = {"shape": shape, "allocators": allocators,
+         **summary(alternate(commands, allocators, args.pairs, args.warmup, args.pause))}
     print(f"{shape:>7}: official/ours {r['ratio_median']:.3f} [{r['ratio_q1']:.3f}, "
           f"{r['ratio_q3']:.3f}] over {r['pairs']} pairs; median ms official "
           f"{r['official_ms_median']:.1f}, ours {r['ours_ms_median']:.1f}; min "
-          f"{r['official_ms_min']:.1f}, {r['ours_ms_min']:.1f}", flush=True)
+          f"{r['official_ms_min']:.1f}, {r['ours_ms_min']:.1f}; malloc official "
+          f"{args.official_allocator}, ours {args.allocator}", flush=True)
     print(json.dumps(r), flush=True)
 
 

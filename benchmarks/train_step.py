@@ -5,6 +5,8 @@ weights of the blocks). Shapes (float32, AdamW, no dropout):
   bytes: C = 256, ℓ = 2, D = 256, 4 blocks, 4 heads, L = 256, B = 8        (target <= 300 ms)
   gpt2:  C = 50257, ℓ = 2, D = 256, 4 blocks, 4 heads, L = 128, B = 4,
          with and without carry-over                                       (target <= 450 ms)
+Run it after `source launch/cpu_allocator.sh` to time the CPU step with tcmalloc, as
+launch/local.sh runs it (the first line says which malloc is in use).
 Also the 8-virtual-device vs 1-device step time (run with --devices 8), and with --owt the
 OpenWebText-small step in bf16 (`benchmarks.owt_step`: MFU, tokens/s, compiled peak memory and
 the head + objective share on an accelerator; compiled peak memory alone on a CPU).
@@ -127,11 +129,21 @@ def main():
                       head_share=not args.owt_no_share, profile_dir=args.owt_profile)
 
 
+def malloc_in_use() -> str:
+  """'tcmalloc' when preloaded (`source launch/cpu_allocator.sh`, as local.sh does), else 'glibc'
+  (whose freshly mapped buffers cost a CPU step ~15-25%)."""
+  try:
+    with open("/proc/self/maps") as maps:
+      return "tcmalloc" if "libtcmalloc" in maps.read() else "glibc"
+  except OSError:
+    return "unknown"
+
+
 def small_shapes(args: argparse.Namespace) -> None:
   """The bytes and GPT-2-vocabulary shapes of the module docstring, float32."""
   peak = matmul_flops_per_sec()
-  print(f"device {jax.devices()[0].platform} x{jax.device_count()}; measured dense float32 "
-        f"matmul: {peak / 1e9:.1f} GFLOP/s")
+  print(f"device {jax.devices()[0].platform} x{jax.device_count()}; malloc {malloc_in_use()}; "
+        f"measured dense float32 matmul: {peak / 1e9:.1f} GFLOP/s")
   # The fused rows use 2048-value chunks: a (512, 2048) float32 logit block stays in this CPU's
   # cache, and measured side by side the step was 11% faster than with 4096 (no carry-over).
   shapes = [("bytes", 256, True, 256, 8, 0.300, 0),
