@@ -12,7 +12,7 @@ if [ "${PRIME_JAX_ALLOCATOR:-tcmalloc}" != system ]; then
       *"$PRIME_JAX_TCMALLOC"*) ;;
       *) export LD_PRELOAD="$PRIME_JAX_TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}" ;;
     esac
-    # tcmalloc reports every allocation over 1 GiB on stderr; a GPT-2-size checkpoint is one.
+    # tcmalloc reports every allocation over 1 GiB on stderr, which would clutter large runs.
     : "${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:=68719476736}"
     export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD
   else
