@@ -4,11 +4,12 @@
 a streaming log-sum-exp per token of (a) every token consistent with the visible digits (all C
 without carry-over), (b) the clean token's logit, and (c) for each digit j, the consistent tokens
 whose digit j equals the clean digit — the masked-digit marginal μ^j(x0_j) is (c_j) / (a). Every
-objective in `objectives` is a simple function of these `HeadStats`; a custom VJP recomputes each
-chunk's logits in the backward pass. Values equal `objectives.*` on `h @ W + b`. The tokens go
-in blocks of rows, and blocks of tokens that have no diffusion loss are skipped (`vocab_chunks`
-holds what a chunk computes). Shape letters: N tokens (batch and positions flattened), R tokens
-of a group of blocks, D width, C vocabulary, K chunk width, ℓ digits.
+objective in `objectives` is a simple function of these `HeadStats`; a custom VJP forms each
+chunk's logits again in the backward pass (small heads keep them from the forward). Values equal
+`objectives.*` on `h @ W + b`. The tokens go in blocks of rows, and blocks of tokens that have no
+diffusion loss are skipped (`vocab_chunks` holds what a chunk computes). Shape letters: N tokens
+(batch and positions flattened), R tokens of a group of blocks, D width, C vocabulary, K chunk
+width, ℓ digits.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 128
 # D = 256, C = 50,257, one product over 3 blocks of 128 rows took the loss + gradient 0.92x the
 # time of a loop over the blocks.
 MAX_PRODUCT_ROWS = 512
+# Up to this many bytes of float32 logits (tokens x C), the forward pass keeps every chunk's
+# logits for the backward, which then has two products instead of three. At 512 tokens and
+# C = 50,257 (103 MB) the CPU train step of benchmarks.train_step ran 3-5% faster.
+KEEP_LOGITS_MAX_BYTES = 256 << 20
 # Same clamp as objectives._masked_digit_nll: a digit marginal is at least 1e-37 (~85 nats).
 _MIN_MARGINAL = 1e-37
 
@@ -64,6 +69,7 @@ class _Static:
   compute_dtype: Any
   block_rows: int  # Token rows per block (the rows are padded to a multiple).
   skip: bool  # Blocks past a traced count are skipped; else all rows go as one block.
+  keep_logits: bool = False  # The forward keeps every chunk's logits for the backward.
 
   @property
   def num_chunks(self) -> int:
@@ -113,12 +119,14 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   n, ell = h_ND.shape[0], st.code.ell if st.with_hits else 0
   h_ND = h_ND.astype(st.compute_dtype)
 
-  def group_body(ch, start, size, carry):
+  def group_body(ch, k, start, size, carry):
     rows = lambda a: _rows(a, start, size)
-    m_N, s_N, hit_Nl, tgt_N = carry
+    m_N, s_N, hit_Nl, tgt_N, kept = carry
     # The target mask goes unused here: the clean token's logit is gathered below.
     z_RK, keep_RK, hits, _ = vocab_chunks.logits(
         st.code, ch, rows(h_ND), rows(x0_N), None if y_Nl is None else rows(y_Nl), st.with_hits)
+    if st.keep_logits:
+      kept = jax.lax.dynamic_update_slice(kept, z_RK[None], (k, start, 0))
     m_R = rows(m_N)
     m_new = jnp.maximum(m_R, jnp.where(keep_RK, z_RK, NEG_INF).max(-1))
     e_RK = jnp.where(keep_RK, jnp.exp(z_RK - m_new[:, None]), 0.0)
@@ -132,30 +140,33 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
     fresh_R1 = ch.fresh_K[jnp.clip(col_R1, 0, z_RK.shape[1] - 1)]
     tgt_R = rows(tgt_N) + vocab_chunks.picked_sum(z_RK, col_R1, fresh_R1)
     return (_put_rows(m_N, m_new, start), _put_rows(s_N, s_R, start), hit_Nl,
-            _put_rows(tgt_N, tgt_R, start))
+            _put_rows(tgt_N, tgt_R, start), kept)
 
   def chunk_body(active_rows, k, carry):
     ch = _chunk(st, k, kernel_DC, bias_C)
-    return _over_groups(st, active_rows, functools.partial(group_body, ch), carry)
+    return _over_groups(st, active_rows, functools.partial(group_body, ch, k), carry)
 
   zeros = jnp.zeros((n,), jnp.float32)
-  init = (jnp.full((n,), NEG_INF, jnp.float32), zeros, jnp.zeros((n, ell), jnp.float32), zeros)
-  m_N, s_N, hit_Nl, tgt_N = _chunk_loop(st, n, num_blocks, chunk_body, init)
+  kept = jnp.zeros((st.num_chunks, n, st.chunk_size) if st.keep_logits else (0,), jnp.float32)
+  init = (jnp.full((n,), NEG_INF, jnp.float32), zeros, jnp.zeros((n, ell), jnp.float32), zeros,
+          kept)
+  m_N, s_N, hit_Nl, tgt_N, kept = _chunk_loop(st, n, num_blocks, chunk_body, init)
   done_N = jnp.arange(n) < num_blocks * st.block_rows
   log_z = jnp.where(done_N, m_N + jnp.log(s_N), 0.0)
   log_hit = m_N[:, None] + jnp.log(jnp.maximum(hit_Nl, _MIN_MARGINAL * s_N[:, None]))
   return HeadStats(log_z, jnp.where(done_N, tgt_N, 0.0),
-                   jnp.where(done_N[:, None], log_hit, 0.0))
+                   jnp.where(done_N[:, None], log_hit, 0.0)), kept
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _head_stats(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
-  return _stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks)
+  return _stats_fwd(dataclasses.replace(st, keep_logits=False), h_ND, kernel_DC, bias_C, x0_N,
+                    y_Nl, num_blocks)[0]
 
 
 def _head_stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
-  stats = _stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks)
-  return stats, (h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats)
+  stats, kept = _stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks)
+  return stats, (h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats, kept)
 
 
 def _head_stats_bwd(st, res, g):
@@ -164,18 +175,23 @@ def _head_stats_bwd(st, res, g):
 
   μ_j is the clamped marginal, exactly as objectives._masked_digit_nll uses it.
   """
-  h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats = res
+  h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats, kept = res
   g_log_z, g_target, g_log_hit = (jnp.asarray(a, jnp.float32) for a in g)
   ratio_Nl = g_log_hit / jnp.exp(stats.log_hit - stats.log_z[:, None])
   h_c = h_ND.astype(st.compute_dtype)
   # A kept copy of hᵀ (XLA folds a bare transpose back into hᵀ·dz, ~1.3x slower on XLA:CPU).
   ht_DN = jax.lax.optimization_barrier(h_c.T)
 
-  def group_body(ch, start, size, carry):
+  def group_body(ch, k, start, size, carry):
     rows = lambda a: _rows(a, start, size)
     dh_ND, dw_DK, db_K = carry
-    z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
-        st.code, ch, rows(h_c), rows(x0_N), None if y_Nl is None else rows(y_Nl), st.with_hits)
+    y_Rl = None if y_Nl is None else rows(y_Nl)
+    if st.keep_logits:
+      z_RK = jax.lax.dynamic_slice(kept, (k, start, 0), (1, size, st.chunk_size))[0]
+      keep_RK, hits, target_RK = vocab_chunks.masks(st.code, ch, rows(x0_N), y_Rl, st.with_hits)
+    else:
+      z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
+          st.code, ch, rows(h_c), rows(x0_N), y_Rl, st.with_hits)
     coef_RK = rows(g_log_z)[:, None]
     ratio_Rl = rows(ratio_Nl)
     for j, hit in enumerate(hits):
@@ -193,7 +209,8 @@ def _head_stats_bwd(st, res, g):
     dh_ND, dw_DC, db_C = carry
     ch = _chunk(st, k, kernel_DC, bias_C)
     part = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
-    dh_ND, dw_DK, db_K = _over_groups(st, active_rows, functools.partial(group_body, ch), part)
+    dh_ND, dw_DK, db_K = _over_groups(st, active_rows, functools.partial(group_body, ch, k),
+                                      part)
     return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
             _add_slice(db_C, db_K, ch.start, axis=0))
 
@@ -235,7 +252,8 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
                x0: jax.Array, y: Optional[jax.Array] = None, *,
                chunk_size: int = DEFAULT_CHUNK_SIZE, with_hits: bool = True,
                compute_dtype: Optional[Any] = None, active: Optional[jax.Array] = None,
-               row_blocks: Optional[int] = None) -> HeadStats:
+               row_blocks: Optional[int] = None,
+               keep_logits: Optional[bool] = None) -> HeadStats:
   """`HeadStats` of the logits h @ kernel + bias (h: (..., D)), restricted by y (..., ℓ) if given.
 
   Matmuls run in `compute_dtype` (default: that of h and kernel) with float32 accumulation; the
@@ -243,7 +261,8 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   With `active` (x0's shape, bool), the rows are put active first and cut into `row_blocks`
   blocks (default: see MAX_ROW_BLOCKS; 1 computes every row), and blocks with no active row are
   skipped: their stats are 0 (every diffusion loss of a token with no masked digit is 0 whatever
-  its stats; cross-entropy is not).
+  its stats; cross-entropy is not). `keep_logits` (default: up to KEEP_LOGITS_MAX_BYTES) keeps
+  the logits from the forward pass for the gradient, which otherwise forms them again.
   """
   h, kernel_DC, x0 = jnp.asarray(h), jnp.asarray(kernel_DC), jnp.asarray(x0)
   y = None if y is None else jnp.asarray(y)
@@ -254,6 +273,8 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   if row_blocks is not None and (not isinstance(row_blocks, int) or isinstance(row_blocks, bool)
                                  or row_blocks < 1):
     raise ValueError(f"row_blocks must be a positive integer, got {row_blocks!r}")
+  if keep_logits not in (None, True, False):
+    raise ValueError(f"keep_logits must be None (by size), True or False, got {keep_logits!r}")
   if bias_C is None:
     bias_C = jnp.zeros((code.vocab_size,), kernel_DC.dtype)
   dtype = jnp.result_type(h, kernel_DC) if compute_dtype is None else compute_dtype
@@ -265,7 +286,11 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   blocks = 1 if active is None else min(row_blocks, n)
   skip = blocks > 1  # One block computes every row, with no switch.
   size = -(-n // blocks)
-  st = _Static(code, min(chunk_size, code.vocab_size), with_hits, jnp.dtype(dtype), size, skip)
+  chunk_size = min(chunk_size, code.vocab_size)
+  if keep_logits is None:
+    kept_bytes = 4 * blocks * size * chunk_size * -(-code.vocab_size // chunk_size)
+    keep_logits = kept_bytes <= KEEP_LOGITS_MAX_BYTES
+  st = _Static(code, chunk_size, with_hits, jnp.dtype(dtype), size, skip, bool(keep_logits))
   if not skip:
     flat = _head_stats(st, *rows[:1], kernel_DC, bias_C, *rows[1:], jnp.int32(1))
   else:

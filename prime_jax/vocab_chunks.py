@@ -45,7 +45,12 @@ def logits(code: PrimeCode, ch: Chunk, h_RD: jax.Array, x0_R: jax.Array, y_Rl, w
   with y (all fresh ones when y is None), per digit which share x0's digit (if `with_hits`),
   and which is x0."""
   z_RK = jnp.dot(h_RD, ch.w_DK, preferred_element_type=jnp.float32) + ch.b_K
-  keep_RK = jnp.broadcast_to(ch.fresh_K, z_RK.shape)
+  return (z_RK,) + masks(code, ch, x0_R, y_Rl, with_hits)
+
+
+def masks(code: PrimeCode, ch: Chunk, x0_R: jax.Array, y_Rl, with_hits: bool):
+  """`logits`' masks alone, for rows whose logits are already at hand."""
+  keep_RK = jnp.broadcast_to(ch.fresh_K, (x0_R.shape[0], ch.fresh_K.shape[0]))
   if y_Rl is not None:
     for j, d_K in enumerate(ch.digits):
       y_j = y_Rl[:, j, None]
@@ -55,7 +60,7 @@ def logits(code: PrimeCode, ch: Chunk, h_RD: jax.Array, x0_R: jax.Array, y_Rl, w
     x0_digits = code.encode(x0_R)
     hits = [x0_digits[:, j, None] == d_K for j, d_K in enumerate(ch.digits)]
   target_RK = ch.fresh_K & (ch.codes_K == x0_R[:, None])
-  return z_RK, keep_RK, hits, target_RK
+  return keep_RK, hits, target_RK
 
 
 def picked_sum(e_RK: jax.Array, col_RG: jax.Array, valid_RG) -> jax.Array:

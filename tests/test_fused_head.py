@@ -88,8 +88,10 @@ def test_every_objective_and_gradient_equals_unfused(ell, carry_over):
     np.testing.assert_array_equal(np.asarray(ref["valid"][0])[np.asarray(visible)], 0.0)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 19, 25, 1000])
-def test_any_chunk_size_gives_the_same_values_and_gradients(chunk_size):
+@pytest.mark.parametrize("chunk_size,keep", [(1, True), (19, True), (25, False), (1000, False)])
+def test_any_chunk_size_gives_the_same_values_and_gradients(chunk_size, keep, monkeypatch):
+  """With the logits kept from the forward pass (the default at these sizes) or formed again."""
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 1 << 30 if keep else 0)
   code, params, x0, y, t, cot = _inputs(2, seed=1)
   _compare(code, ("valid", "joint"), True, params, x0, y, t, cot, chunk_size=chunk_size)
 
@@ -123,14 +125,17 @@ def _skipped_rows(active: np.ndarray, row_blocks: int) -> np.ndarray:
   return (position >= computed).reshape(active.shape)
 
 
-@pytest.mark.parametrize("row_blocks,product_rows", [(3, 512), (7, 512), (100, 512), (7, 6),
-                                                     (100, 1)])
-def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks, product_rows,
+@pytest.mark.parametrize("row_blocks,product_rows,keep", [
+    (3, 512, True), (7, 512, True), (100, 512, True), (7, 6, True), (100, 1, True),
+    (7, 512, False), (7, 6, False)])
+def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks, product_rows, keep,
                                                                  monkeypatch):
   """NaN features on the rows that should be skipped leave the diffusion losses, and every
   gradient (0 on those rows), equal to the reference on finite features. With few rows to a
-  product, the active blocks go in several groups: a loop of static length, then a shorter one."""
+  product, the active blocks go in several groups: a loop of static length, then a shorter one.
+  The skipped rows' kept logits are never written, nor read."""
   monkeypatch.setattr(fused_head, "MAX_PRODUCT_ROWS", product_rows)
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 1 << 30 if keep else 0)
   code, (h, kernel, bias), x0, y, t, cot = _inputs(2, seed=3)
   active = (y == code.mask_value).any(-1)
   skipped = _skipped_rows(np.asarray(active), row_blocks)
@@ -191,6 +196,25 @@ def test_no_loop_waits_on_data():
   assert _loops(2, active=True, row_blocks=1) == (2, 0, 0)
 
 
+def _products(**kw) -> int:
+  """Matrix products in the gradient of the fused valid loss (C = 57, chunks of 16)."""
+  code, (h, kernel, bias), x0, y, t, _ = _inputs(2)
+  loss = lambda h: fused_head.losses_from_stats(
+      code, SCHEDULE, fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16, **kw),
+      y, t)["valid"].sum()
+  return str(jax.make_jaxpr(jax.grad(loss))(h)).count("dot_general")
+
+
+def test_small_heads_keep_their_logits_for_the_backward_pass(monkeypatch):
+  """The forward's product, then two in the backward (dz Wᵀ, hᵀ dz), up to KEEP_LOGITS_MAX_BYTES
+  of logits: 4 chunks of 16 for 18 tokens are 4608 bytes; above, the backward forms them again."""
+  assert _products(keep_logits=True) == 3 and _products(keep_logits=False) == 4
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 4 * 16 * B * L * 4)
+  assert _products() == 3
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 4 * 16 * B * L * 4 - 1)
+  assert _products() == 4
+
+
 def test_rows_are_cut_into_blocks_only_where_a_block_is_likely_to_be_skipped():
   """By default 512 tokens make 4 blocks: worth it at ℓ = 2 (a third of the tokens have no
   masked digit), not at ℓ = 4 (a fifth), where every row goes as one block."""
@@ -226,6 +250,7 @@ def test_transformer_features_times_head_params_are_its_logits():
     (dict(y=jnp.zeros((B, L, 3), jnp.int32)), "y"),
     (dict(active=jnp.ones((B, L + 1), bool)), "active"),
     (dict(row_blocks=0), "row_blocks"),
+    (dict(keep_logits="yes"), "keep_logits"),
 ])
 def test_bad_shapes_and_chunk_sizes_are_named(change, match):
   code, (h, kernel, bias), x0, y, _, _ = _inputs(2)
