@@ -2,7 +2,7 @@
 # XLA:CPU allocates each step's large temporaries anew, and glibc maps every one over 32 MB
 # fresh from the kernel, so each step page-faults its working set in again (~50,000 faults a
 # step at the Shakespeare and bytes shapes). tcmalloc keeps that memory, handing a free span
-# back only now and then (one 64 MB call in ~20 faults), so the Shakespeare train step of
+# back only now and then (about one 64 MB call in 20 still faults), so the Shakespeare step of
 # local.sh ran ~1.25x faster, the bytes benchmark step ~1.15x.
 # PRIME_JAX_ALLOCATOR=system keeps glibc's malloc. setup_env.sh installs the library.
 if [ "${PRIME_JAX_ALLOCATOR:-tcmalloc}" != system ]; then
