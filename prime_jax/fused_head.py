@@ -30,12 +30,13 @@ from prime_jax.subtokens import PrimeCode
 # where the backend does not fuse its ℓ per-digit reductions): choose the chunk for N.
 DEFAULT_CHUNK_SIZE = 4096
 # When rows with no masked digit may be skipped, the rows are cut into up to 8 blocks of at least
-# 128 (a third of the tokens at ℓ = 2 have no masked digit: ~ceil(2/3 · 8) = 6 of 8 blocks are
-# computed). On a CPU at 512 rows, 4 blocks of 128 ran 6% faster than 8 of 64. Under a linear
-# schedule a token has no masked digit with probability 1/(ℓ + 1), so with ℓ or fewer blocks the
-# last one is seldom free: the rows then go as one block (at ℓ = 4, 512 rows, D = 768 on a CPU,
-# 4 blocks took 15-18% longer than one).
-MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 128
+# 64 (a third of the tokens at ℓ = 2 have no masked digit: ~ceil(2/3 · 8) = 6 of 8 blocks are
+# computed). Under a linear schedule a token has no masked digit with probability 1/(ℓ + 1), so
+# with ℓ or fewer blocks the last one is seldom free: the rows then go as one block. In the
+# GPT-2-vocabulary train step of benchmarks.train_step on a CPU (512 tokens), 8 blocks of 64 ran
+# 1.03-1.05x faster than 4 of 128 at ℓ = 2, 1.10-1.12x faster than one block at ℓ = 4, and 16
+# blocks of 32 1.3-1.6% slower than 8 of 64.
+MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 64
 # The active blocks go through each product together, up to this many rows (at least one
 # block), so that the (rows x chunk) tiles stay bounded at large N. On a CPU at 512 tokens,
 # D = 256, C = 50,257, one product over 3 blocks of 128 rows took the loss + gradient 0.92x the
@@ -147,7 +148,8 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
     return _over_groups(st, active_rows, functools.partial(group_body, ch, k), carry)
 
   zeros = jnp.zeros((n,), jnp.float32)
-  kept = jnp.zeros((st.num_chunks, n, st.chunk_size) if st.keep_logits else (0,), jnp.float32)
+  # Rows past the active blocks are never read: no fill needed (`lax.empty` fills only on a CPU).
+  kept = jax.lax.empty((st.num_chunks, n, st.chunk_size) if st.keep_logits else (0,), jnp.float32)
   init = (jnp.full((n,), NEG_INF, jnp.float32), zeros, jnp.zeros((n, ell), jnp.float32), zeros,
           kept)
   m_N, s_N, hit_Nl, tgt_N, kept = _chunk_loop(st, n, num_blocks, chunk_body, init)

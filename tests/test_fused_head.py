@@ -216,11 +216,13 @@ def test_small_heads_keep_their_logits_for_the_backward_pass(monkeypatch):
 
 
 def test_rows_are_cut_into_blocks_only_where_a_block_is_likely_to_be_skipped():
-  """By default 512 tokens make 4 blocks: worth it at ℓ = 2 (a third of the tokens have no
-  masked digit), not at ℓ = 4 (a fifth), where every row goes as one block."""
-  assert _loops(2, active=True, rows=512) == (8, 2, 0)
-  assert _loops(4, active=True, rows=512) == (2, 0, 0)
-  assert _loops(4, active=True, rows=640) == (10, 2, 0)  # 5 blocks.
+  """By default 256 tokens make 4 blocks of 64: worth it at ℓ = 2 (a third of the tokens have
+  no masked digit), not at ℓ = 4 (a fifth), where every row goes as one block. 320 tokens make 5
+  blocks, and 512 make 8."""
+  assert _loops(2, active=True, rows=256) == (8, 2, 0)
+  assert _loops(4, active=True, rows=256) == (2, 0, 0)
+  assert _loops(4, active=True, rows=320) == (10, 2, 0)
+  assert _loops(4, active=True, rows=512) == (16, 2, 0)
 
 
 def test_transformer_features_times_head_params_are_its_logits():
@@ -326,7 +328,7 @@ def test_fused_head_skip_rows_off_leaves_no_switch_over_row_blocks():
 
 
 def test_weight_gradient_is_a_plain_product_in_the_compiled_backward():
-  """With the rows in blocks (here 4 of 128), dW = hᵀ dz contracts the rows of both operands, a
+  """With the rows in blocks (here 8 of 64), dW = hᵀ dz contracts the rows of both operands, a
   form XLA:CPU's YNNPACK ran ~1.3x slower than a plain product. The backward takes it from hᵀ."""
   code, rng = PrimeCode(300, 2), np.random.default_rng(0)
   h = jnp.asarray(rng.standard_normal((4, 128, 32)), jnp.float32)
