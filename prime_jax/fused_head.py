@@ -1,11 +1,12 @@
 """The output head fused with the objectives: token logits are formed one vocabulary chunk at a time.
 
-`logits = h @ W + b` of shape (N, C) is never held. A loop over chunks of the C token values keeps
-a streaming log-sum-exp per token of (a) every token consistent with the visible digits (all C
-without carry-over), (b) the clean token's logit, and (c) for each digit j, the consistent tokens
-whose digit j equals the clean digit — the masked-digit marginal μ^j(x0_j) is (c_j) / (a). Every
-objective in `objectives` is a simple function of these `HeadStats`; a custom VJP forms each
-chunk's logits again in the backward pass (small heads keep them from the forward). Values equal
+`logits = h @ W + b` of shape (N, C) is never held beyond KEEP_LOGITS_MAX_BYTES. A loop over
+chunks of the C token values keeps a streaming log-sum-exp per token of (a) every token consistent
+with the visible digits (all C without carry-over), (b) the clean token's logit, and (c) for each
+digit j, the consistent tokens whose digit j equals the clean digit — the masked-digit marginal
+μ^j(x0_j) is (c_j) / (a). Every objective in `objectives` is a simple function of these
+`HeadStats`; a custom VJP forms each chunk's logits again in the backward pass. Small heads go as
+one chunk of the whole vocabulary whose logits the backward reuses. Values equal
 `objectives.*` on `h @ W + b`. The tokens go in blocks of rows, and blocks of tokens that have no
 diffusion loss are skipped (`vocab_chunks` holds what a chunk computes). Shape letters: N tokens
 (batch and positions flattened), R tokens of a group of blocks, D width, C vocabulary, K chunk
@@ -37,15 +38,13 @@ DEFAULT_CHUNK_SIZE = 4096
 # 1.03-1.05x faster than 4 of 128 at ℓ = 2, 1.10-1.12x faster than one block at ℓ = 4, and 16
 # blocks of 32 1.3-1.6% slower than 8 of 64.
 MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 64
-# The active blocks go through each product together, up to this many rows (at least one
-# block), so that the (rows x chunk) tiles stay bounded at large N. On a CPU at 512 tokens,
-# D = 256, C = 50,257, one product over 3 blocks of 128 rows took the loss + gradient 0.92x the
-# time of a loop over the blocks.
-MAX_PRODUCT_ROWS = 512
-# Up to this many bytes of float32 logits (tokens x C), the forward pass keeps every chunk's
-# logits for the backward, which then has two products instead of three. At 512 tokens and
-# C = 50,257 (103 MB) the CPU train step of benchmarks.train_step ran 3-5% faster.
-KEEP_LOGITS_MAX_BYTES = 256 << 20
+# Up to this many bytes of float32 logits (tokens x C), the head goes as one chunk of the whole
+# vocabulary and the backward reuses the forward's logits: one pass over them for dz, then dz Wᵀ
+# and hᵀ dz as two whole products, with no per-chunk slices or weight-gradient sums. Its
+# temporaries are about 4x these bytes. At 512 tokens and C = 50,257 (103 MB) the CPU train step
+# of benchmarks.train_step ran 1.14x faster than with the kept logits in chunks of 2048, which
+# was 1.03-1.06x faster than forming them again.
+KEEP_LOGITS_MAX_BYTES = 128 << 20
 # Same clamp as objectives._masked_digit_nll: a digit marginal is at least 1e-37 (~85 nats).
 _MIN_MARGINAL = 1e-37
 
@@ -62,72 +61,21 @@ class HeadStats(NamedTuple):
   log_hit: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class _Static:
-  code: PrimeCode
-  chunk_size: int
-  with_hits: bool
-  compute_dtype: Any
-  block_rows: int  # Token rows per block (the rows are padded to a multiple).
-  skip: bool  # Blocks past a traced count are skipped; else all rows go as one block.
-  keep_logits: bool = False  # The forward keeps every chunk's logits for the backward.
-
-  @property
-  def num_chunks(self) -> int:
-    return -(-self.code.vocab_size // self.chunk_size)
-
-
-def _chunk(st: _Static, k, kernel_DC, bias_C) -> vocab_chunks.Chunk:
-  return vocab_chunks.chunk(st.code, st.chunk_size, st.compute_dtype, k, kernel_DC, bias_C)
-
-
-def _rows(a, start, size: int):
-  return jax.lax.dynamic_slice_in_dim(a, start, size, axis=0)
-
-
-def _put_rows(a, part, start):
-  return jax.lax.dynamic_update_slice_in_dim(a, part, start, axis=0)
-
-
-def _over_groups(st: _Static, rows: int, body, carry):
-  """`body(start, size, carry)` over groups of whole blocks covering rows [0, rows), one product
-  each; equal groups run in a loop of static length (one group's tiles live at a time)."""
-  step = max(1, MAX_PRODUCT_ROWS // st.block_rows) * st.block_rows
-  full, rest = divmod(rows, step)
-  if full == 1:
-    carry = body(0, step, carry)
-  elif full > 1:
-    carry = jax.lax.fori_loop(0, full, lambda i, c: body(i * step, step, c), carry)
-  return body(full * step, rest, carry) if rest else carry
-
-
-def _chunk_loop(st: _Static, n: int, num_blocks, chunk_body, init):
-  """The loop over chunks of `chunk_body(rows, k, carry)` for the first rows = `num_blocks`
-  blocks: a static count in each branch of a switch (without skipping, all n rows and no switch).
-  No loop bound is data (on a GPU, each step of such a loop can wait on the host)."""
-  def run(rows: int):
-    body = functools.partial(chunk_body, rows)
-    return init if rows == 0 else jax.lax.fori_loop(0, st.num_chunks, body, init)
-  if not st.skip:
-    return run(n)
-  return jax.lax.switch(num_blocks, [functools.partial(run, b * st.block_rows)
-                                     for b in range(n // st.block_rows + 1)])
-
-
-def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
+def _stats_fwd(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   """The forward loop: per chunk, for the rows of the blocks below `num_blocks`, a running max m
   and sums scaled by e^{-m} of the consistent set and hits. Rows of later blocks get zeros."""
   n, ell = h_ND.shape[0], st.code.ell if st.with_hits else 0
   h_ND = h_ND.astype(st.compute_dtype)
 
   def group_body(ch, k, start, size, carry):
-    rows = lambda a: _rows(a, start, size)
+    rows = lambda a: vocab_chunks.take_rows(a, start, size)
+    put = lambda a, part: vocab_chunks.put_rows(a, part, start)
     m_N, s_N, hit_Nl, tgt_N, kept = carry
     # The target mask goes unused here: the clean token's logit is gathered below.
     z_RK, keep_RK, hits, _ = vocab_chunks.logits(
         st.code, ch, rows(h_ND), rows(x0_N), None if y_Nl is None else rows(y_Nl), st.with_hits)
     if st.keep_logits:
-      kept = jax.lax.dynamic_update_slice(kept, z_RK[None], (k, start, 0))
+      kept = put(kept, z_RK)  # One chunk: all C columns.
     m_R = rows(m_N)
     m_new = jnp.maximum(m_R, jnp.where(keep_RK, z_RK, NEG_INF).max(-1))
     e_RK = jnp.where(keep_RK, jnp.exp(z_RK - m_new[:, None]), 0.0)
@@ -136,23 +84,22 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
     if hits:
       new_hits = jnp.stack(vocab_chunks.digit_sums(st.code, ch, e_RK, hits, rows(x0_N)),
                            axis=-1)
-      hit_Nl = _put_rows(hit_Nl, rows(hit_Nl) * scale_R[:, None] + new_hits, start)
+      hit_Nl = put(hit_Nl, rows(hit_Nl) * scale_R[:, None] + new_hits)
     col_R1 = (rows(x0_N) - ch.start)[:, None]  # The clean token's logit, if this chunk has it.
     fresh_R1 = ch.fresh_K[jnp.clip(col_R1, 0, z_RK.shape[1] - 1)]
     tgt_R = rows(tgt_N) + vocab_chunks.picked_sum(z_RK, col_R1, fresh_R1)
-    return (_put_rows(m_N, m_new, start), _put_rows(s_N, s_R, start), hit_Nl,
-            _put_rows(tgt_N, tgt_R, start), kept)
+    return put(m_N, m_new), put(s_N, s_R), hit_Nl, put(tgt_N, tgt_R), kept
 
   def chunk_body(active_rows, k, carry):
-    ch = _chunk(st, k, kernel_DC, bias_C)
-    return _over_groups(st, active_rows, functools.partial(group_body, ch, k), carry)
+    ch = st.chunk(k, kernel_DC, bias_C)
+    return vocab_chunks.over_groups(st, active_rows, functools.partial(group_body, ch, k), carry)
 
   zeros = jnp.zeros((n,), jnp.float32)
   # Rows past the active blocks are never read: no fill needed (`lax.empty` fills only on a CPU).
-  kept = jax.lax.empty((st.num_chunks, n, st.chunk_size) if st.keep_logits else (0,), jnp.float32)
+  kept = jax.lax.empty((n, st.code.vocab_size) if st.keep_logits else (0,), jnp.float32)
   init = (jnp.full((n,), NEG_INF, jnp.float32), zeros, jnp.zeros((n, ell), jnp.float32), zeros,
           kept)
-  m_N, s_N, hit_Nl, tgt_N, kept = _chunk_loop(st, n, num_blocks, chunk_body, init)
+  m_N, s_N, hit_Nl, tgt_N, kept = vocab_chunks.chunk_loop(st, n, num_blocks, chunk_body, init)
   done_N = jnp.arange(n) < num_blocks * st.block_rows
   log_z = jnp.where(done_N, m_N + jnp.log(s_N), 0.0)
   log_hit = m_N[:, None] + jnp.log(jnp.maximum(hit_Nl, _MIN_MARGINAL * s_N[:, None]))
@@ -161,7 +108,7 @@ def _stats_fwd(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _head_stats(st: _Static, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
+def _head_stats(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   return _stats_fwd(dataclasses.replace(st, keep_logits=False), h_ND, kernel_DC, bias_C, x0_N,
                     y_Nl, num_blocks)[0]
 
@@ -171,56 +118,88 @@ def _head_stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   return stats, (h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats, kept)
 
 
+def _dz(z_RK, keep_RK, hits: list, target_RK, terms_R) -> jax.Array:
+  """float32 dz of a block of rows' logits; `terms_R` is (log_z, g_log_z, ratio (R, ℓ),
+  g_target) for those rows."""
+  log_z_R, g_log_z_R, ratio_Rl, g_target_R = terms_R
+  coef_RK = g_log_z_R[:, None]
+  for j, hit in enumerate(hits):
+    coef_RK = coef_RK + jnp.where(hit, ratio_Rl[:, j, None], 0.0)
+  p_RK = jnp.where(keep_RK, jnp.exp(z_RK - log_z_R[:, None]), 0.0)
+  return p_RK * coef_RK + jnp.where(target_RK, g_target_R[:, None], 0.0)
+
+
 def _head_stats_bwd(st, res, g):
-  """dz_c = p_c (g_log_z + Σ_j [c_j = x0_j] g_log_hit_j / μ_j) + [c = x0] g_target, chunk by chunk
-  for the rows of the active blocks; the weight gradient of a chunk is summed in place.
+  """dz_c = p_c (g_log_z + Σ_j [c_j = x0_j] g_log_hit_j / μ_j) + [c = x0] g_target for the rows
+  of the active blocks: from the kept logits at once, else chunk by chunk with the logits formed
+  again and the weight gradient of a chunk summed in place.
 
   μ_j is the clamped marginal, exactly as objectives._masked_digit_nll uses it.
   """
   h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats, kept = res
   g_log_z, g_target, g_log_hit = (jnp.asarray(a, jnp.float32) for a in g)
   ratio_Nl = g_log_hit / jnp.exp(stats.log_hit - stats.log_z[:, None])
+  terms = (stats.log_z, g_log_z, ratio_Nl, g_target)
   h_c = h_ND.astype(st.compute_dtype)
   # A kept copy of hᵀ (XLA folds a bare transpose back into hᵀ·dz, ~1.3x slower on XLA:CPU).
   ht_DN = jax.lax.optimization_barrier(h_c.T)
+  if st.keep_logits:
+    grads = _kept_bwd(st, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept, terms)
+    return tuple(a.astype(b.dtype) for a, b in zip(grads, (h_ND, kernel_DC, bias_C))) + (None,) * 3
 
   def group_body(ch, k, start, size, carry):
-    rows = lambda a: _rows(a, start, size)
+    rows = lambda a: vocab_chunks.take_rows(a, start, size)
     dh_ND, dw_DK, db_K = carry
     y_Rl = None if y_Nl is None else rows(y_Nl)
-    if st.keep_logits:
-      z_RK = jax.lax.dynamic_slice(kept, (k, start, 0), (1, size, st.chunk_size))[0]
-      keep_RK, hits, target_RK = vocab_chunks.masks(st.code, ch, rows(x0_N), y_Rl, st.with_hits)
-    else:
-      z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
-          st.code, ch, rows(h_c), rows(x0_N), y_Rl, st.with_hits)
-    coef_RK = rows(g_log_z)[:, None]
-    ratio_Rl = rows(ratio_Nl)
-    for j, hit in enumerate(hits):
-      coef_RK = coef_RK + jnp.where(hit, ratio_Rl[:, j, None], 0.0)
-    p_RK = jnp.where(keep_RK, jnp.exp(z_RK - rows(stats.log_z)[:, None]), 0.0)
-    dz_RK = p_RK * coef_RK + jnp.where(target_RK, rows(g_target)[:, None], 0.0)
+    z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
+        st.code, ch, rows(h_c), rows(x0_N), y_Rl, st.with_hits)
+    dz_RK = _dz(z_RK, keep_RK, hits, target_RK, [rows(a) for a in terms])
     db_K = db_K + dz_RK.sum(0)
     dz_RK = dz_RK.astype(st.compute_dtype)
     dh_RD = rows(dh_ND) + jnp.dot(dz_RK, ch.w_DK.T, preferred_element_type=jnp.float32)
     ht_DR = jax.lax.dynamic_slice_in_dim(ht_DN, start, size, axis=1)
     dw_DK = dw_DK + jnp.dot(ht_DR, dz_RK, preferred_element_type=jnp.float32)
-    return _put_rows(dh_ND, dh_RD, start), dw_DK, db_K
+    return vocab_chunks.put_rows(dh_ND, dh_RD, start), dw_DK, db_K
 
   def chunk_body(active_rows, k, carry):
     dh_ND, dw_DC, db_C = carry
-    ch = _chunk(st, k, kernel_DC, bias_C)
+    ch = st.chunk(k, kernel_DC, bias_C)
     part = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
-    dh_ND, dw_DK, db_K = _over_groups(st, active_rows, functools.partial(group_body, ch, k),
-                                      part)
+    dh_ND, dw_DK, db_K = vocab_chunks.over_groups(
+        st, active_rows, functools.partial(group_body, ch, k), part)
     return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
             _add_slice(db_C, db_K, ch.start, axis=0))
 
   init = (jnp.zeros(h_ND.shape, jnp.float32), jnp.zeros(kernel_DC.shape, jnp.float32),
           jnp.zeros(bias_C.shape, jnp.float32))
-  dh_ND, dw_DC, db_C = _chunk_loop(st, h_ND.shape[0], num_blocks, chunk_body, init)
+  dh_ND, dw_DC, db_C = vocab_chunks.chunk_loop(st, h_ND.shape[0], num_blocks, chunk_body, init)
   return (dh_ND.astype(h_ND.dtype), dw_DC.astype(kernel_DC.dtype), db_C.astype(bias_C.dtype),
           None, None, None)
+
+
+def _kept_bwd(st: vocab_chunks.Plan, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept_NC,
+              terms):
+  """(dh, dW, db) from the kept logits (N, C): dz of the active rows in one pass over the whole
+  vocabulary, then dz·Wᵀ and hᵀ·dz as two whole products, with no loop over chunks."""
+  code, n = st.code, kept_NC.shape[0]
+  whole = vocab_chunks.chunk(code, code.vocab_size, st.compute_dtype, 0, kernel_DC, bias_C)
+
+  def run(rows: int):
+    if rows == 0:
+      return (jnp.zeros((n, kernel_DC.shape[0]), jnp.float32),
+              jnp.zeros(kernel_DC.shape, jnp.float32), jnp.zeros(bias_C.shape, jnp.float32))
+    part = lambda a: a[:rows]
+    keep_RC, hits, target_RC = vocab_chunks.masks(
+        code, whole, part(x0_N), None if y_Nl is None else part(y_Nl), st.with_hits)
+    dz_RC = _dz(part(kept_NC), keep_RC, hits, target_RC, [part(a) for a in terms])
+    # Summed as a product: XLA:CPU's reduction over the rows of (384, 50,257) took 50x as long.
+    db_C = jnp.dot(jnp.ones((rows,), jnp.float32), dz_RC)
+    dz_RC = dz_RC.astype(st.compute_dtype)
+    dh_RD = jnp.dot(dz_RC, whole.w_DK.T, preferred_element_type=jnp.float32)
+    dw_DC = jnp.dot(ht_DN[:, :rows], dz_RC, preferred_element_type=jnp.float32)
+    return _pad_rows(dh_RD, n), dw_DC, db_C
+
+  return vocab_chunks.active_rows(st, n, num_blocks, run)
 
 
 def _add_slice(total, part, start, axis: int):
@@ -263,8 +242,9 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   With `active` (x0's shape, bool), the rows are put active first and cut into `row_blocks`
   blocks (default: see MAX_ROW_BLOCKS; 1 computes every row), and blocks with no active row are
   skipped: their stats are 0 (every diffusion loss of a token with no masked digit is 0 whatever
-  its stats; cross-entropy is not). `keep_logits` (default: up to KEEP_LOGITS_MAX_BYTES) keeps
-  the logits from the forward pass for the gradient, which otherwise forms them again.
+  its stats; cross-entropy is not). `keep_logits` (default: up to KEEP_LOGITS_MAX_BYTES) takes
+  the whole vocabulary as one chunk (`chunk_size` then goes unused) and keeps its logits for the
+  gradient, which otherwise forms them again chunk by chunk.
   """
   h, kernel_DC, x0 = jnp.asarray(h), jnp.asarray(kernel_DC), jnp.asarray(x0)
   y = None if y is None else jnp.asarray(y)
@@ -290,9 +270,11 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   size = -(-n // blocks)
   chunk_size = min(chunk_size, code.vocab_size)
   if keep_logits is None:
-    kept_bytes = 4 * blocks * size * chunk_size * -(-code.vocab_size // chunk_size)
-    keep_logits = kept_bytes <= KEEP_LOGITS_MAX_BYTES
-  st = _Static(code, chunk_size, with_hits, jnp.dtype(dtype), size, skip, bool(keep_logits))
+    keep_logits = 4 * blocks * size * code.vocab_size <= KEEP_LOGITS_MAX_BYTES
+  if keep_logits:  # Kept logits go as one chunk: one product each way, no loop over chunks.
+    chunk_size = code.vocab_size
+  st = vocab_chunks.Plan(code, chunk_size, with_hits, jnp.dtype(dtype), size, skip,
+                         bool(keep_logits))
   if not skip:
     flat = _head_stats(st, *rows[:1], kernel_DC, bias_C, *rows[1:], jnp.int32(1))
   else:

@@ -10,7 +10,7 @@ import pytest
 
 import tiny
 from prime_jax import config as config_lib, fused_head, losses, objectives, schedules
-from prime_jax import step as step_lib
+from prime_jax import step as step_lib, vocab_chunks
 from prime_jax.models import PrimeTransformer
 from prime_jax.models.transformer import head_params
 from prime_jax.subtokens import PrimeCode
@@ -88,9 +88,10 @@ def test_every_objective_and_gradient_equals_unfused(ell, carry_over):
     np.testing.assert_array_equal(np.asarray(ref["valid"][0])[np.asarray(visible)], 0.0)
 
 
-@pytest.mark.parametrize("chunk_size,keep", [(1, True), (19, True), (25, False), (1000, False)])
+@pytest.mark.parametrize("chunk_size,keep", [(1, False), (19, False), (1000, False), (19, True)])
 def test_any_chunk_size_gives_the_same_values_and_gradients(chunk_size, keep, monkeypatch):
-  """With the logits kept from the forward pass (the default at these sizes) or formed again."""
+  """With the logits formed again chunk by chunk, or kept from the forward pass (the default at
+  these sizes), where the whole vocabulary goes as one chunk whatever `chunk_size` says."""
   monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 1 << 30 if keep else 0)
   code, params, x0, y, t, cot = _inputs(2, seed=1)
   _compare(code, ("valid", "joint"), True, params, x0, y, t, cot, chunk_size=chunk_size)
@@ -134,7 +135,7 @@ def test_blocks_of_rows_with_no_masked_digit_are_never_computed(row_blocks, prod
   gradient (0 on those rows), equal to the reference on finite features. With few rows to a
   product, the active blocks go in several groups: a loop of static length, then a shorter one.
   The skipped rows' kept logits are never written, nor read."""
-  monkeypatch.setattr(fused_head, "MAX_PRODUCT_ROWS", product_rows)
+  monkeypatch.setattr(vocab_chunks, "MAX_PRODUCT_ROWS", product_rows)
   monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 1 << 30 if keep else 0)
   code, (h, kernel, bias), x0, y, t, cot = _inputs(2, seed=3)
   active = (y == code.mask_value).any(-1)
@@ -187,38 +188,47 @@ def _loops(ell: int, active: bool, rows: int = B * L, **kw) -> tuple[int, int, i
           str(jax.make_jaxpr(grad)(h)).count("while["))
 
 
-def test_no_loop_waits_on_data():
+def test_no_loop_waits_on_data(monkeypatch):
   """Without `active`, one loop over the chunks in each pass. With it, each pass switches on the
   number of active blocks, and each nonzero count has its chunk loop, of static length: no loop
-  bound is data (a GPU would wait on the host for it)."""
+  bound is data (a GPU would wait on the host for it). Kept logits (one chunk) need no loop."""
+  assert _loops(2, active=False) == (0, 0, 0)
+  assert _loops(2, active=True, row_blocks=3) == (0, 2, 0)
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 0)
   assert _loops(2, active=False) == (2, 0, 0)
   assert _loops(2, active=True, row_blocks=3) == (6, 2, 0)
   assert _loops(2, active=True, row_blocks=1) == (2, 0, 0)
 
 
-def _products(**kw) -> int:
-  """Matrix products in the gradient of the fused valid loss (C = 57, chunks of 16)."""
+def _logit_products(**kw) -> list:
+  """Output widths of the products that form logits (B·L rows) in the gradient of the fused valid
+  loss (C = 57, chunks of 16)."""
   code, (h, kernel, bias), x0, y, t, _ = _inputs(2)
   loss = lambda h: fused_head.losses_from_stats(
       code, SCHEDULE, fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16, **kw),
       y, t)["valid"].sum()
-  return str(jax.make_jaxpr(jax.grad(loss))(h)).count("dot_general")
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(h))
+  widths = [int(w) for w in re.findall(rf"f32\[{B * L},(\d+)\] = dot_general", jaxpr)]
+  return [w for w in widths if w != D]  # dz Wᵀ has D columns.
 
 
 def test_small_heads_keep_their_logits_for_the_backward_pass(monkeypatch):
-  """The forward's product, then two in the backward (dz Wᵀ, hᵀ dz), up to KEEP_LOGITS_MAX_BYTES
-  of logits: 4 chunks of 16 for 18 tokens are 4608 bytes; above, the backward forms them again."""
-  assert _products(keep_logits=True) == 3 and _products(keep_logits=False) == 4
-  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 4 * 16 * B * L * 4)
-  assert _products() == 3
-  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 4 * 16 * B * L * 4 - 1)
-  assert _products() == 4
+  """Up to KEEP_LOGITS_MAX_BYTES of logits (18 tokens x 57 codes: 4104 bytes), the forward forms
+  them once for the whole vocabulary and the backward reuses them; above, both passes form them
+  in chunks of 16."""
+  assert _logit_products(keep_logits=True) == [C]
+  assert _logit_products(keep_logits=False) == [16, 16]
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 4 * C * B * L)
+  assert _logit_products() == [C]
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 4 * C * B * L - 1)
+  assert _logit_products() == [16, 16]
 
 
-def test_rows_are_cut_into_blocks_only_where_a_block_is_likely_to_be_skipped():
+def test_rows_are_cut_into_blocks_only_where_a_block_is_likely_to_be_skipped(monkeypatch):
   """By default 256 tokens make 4 blocks of 64: worth it at ℓ = 2 (a third of the tokens have
   no masked digit), not at ℓ = 4 (a fifth), where every row goes as one block. 320 tokens make 5
-  blocks, and 512 make 8."""
+  blocks, and 512 make 8 (each count of blocks has its chunk loop in each pass)."""
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 0)
   assert _loops(2, active=True, rows=256) == (8, 2, 0)
   assert _loops(4, active=True, rows=256) == (2, 0, 0)
   assert _loops(4, active=True, rows=320) == (10, 2, 0)
