@@ -36,10 +36,10 @@ def test_report_times_the_step_and_the_head_share(small_owt, capsys):
   # CPU either timing can be hit by outside load, so only the formula is exact.
   assert out["body_s"] > 0
   assert out["head_share"] == pytest.approx(1.0 - out["body_s"] / out["step_s"])
-  # A 50257-way head on a 32-wide, 2-block body: the head and objective do most of the work.
-  # The body-only program still updates every weight (the head's 1.6M with a zero gradient),
-  # so on a memory-bound CPU the timed share is smaller.
-  assert 0.6 < out["head_flop_share"] < 0.8
+  # A 50257-way head on a 32-wide, 2-block body: the head's products are 98% of the model's
+  # FLOPs. Its 64 tokens' logits are kept (one chunk, no loop), so XLA counts every product; both
+  # programs also update every weight (the head's 1.6M with a zero gradient in the body-only one).
+  assert 0.9 < out["head_flop_share"] < 0.98
   printed = capsys.readouterr().out
   assert "MFU" in printed and f"{out['head_flop_share']:.1%} of its compiled FLOPs" in printed
 
