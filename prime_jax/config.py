@@ -46,8 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
       dropout=0.0, cond_dim=128, time_conditioning=False, causal=False,
       per_digit_tables=False, combine="concat", dtype="float32", remat=False,
       remat_policy="full", scan_layers=False,
-      # > 0: train through `fused_head` in chunks of this many token values, never forming the
-      # (B, L, C) logits (transformer only); 0 forms them.
+      # > 0: train through `fused_head` in chunks of this many token values, holding the (B, L, C)
+      # logits only up to fused_head.KEEP_LOGITS_MAX_BYTES (transformer only); 0 forms them.
       fused_head_chunk=0,
       # The fused head skips blocks of tokens with no masked digit (about a third at ℓ = 2) behind
       # a switch on their count: off, it computes every token with no switch.
