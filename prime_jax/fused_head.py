@@ -36,7 +36,8 @@ DEFAULT_CHUNK_SIZE = 4096
 # with ℓ or fewer blocks the last one is seldom free: the rows then go as one block. In the
 # GPT-2-vocabulary train step of benchmarks.train_step on a CPU (512 tokens), 8 blocks of 64 ran
 # 1.03-1.05x faster than 4 of 128 at ℓ = 2, 1.10-1.12x faster than one block at ℓ = 4, and 16
-# blocks of 32 1.3-1.6% slower than 8 of 64.
+# blocks of 32 1.3-1.6% slower than 8 of 64 (1.02x faster, within noise, with the kept logits as
+# one chunk, for twice the switch's branches).
 MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 64
 # Up to this many bytes of float32 logits (tokens x C), the head goes as one chunk of the whole
 # vocabulary and the backward reuses the forward's logits: one pass over them for dz, then dz Wᵀ
@@ -67,7 +68,7 @@ def _stats_fwd(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_b
   n, ell = h_ND.shape[0], st.code.ell if st.with_hits else 0
   h_ND = h_ND.astype(st.compute_dtype)
 
-  def group_body(ch, k, start, size, carry):
+  def group_body(ch, start, size, carry):
     rows = lambda a: vocab_chunks.take_rows(a, start, size)
     put = lambda a, part: vocab_chunks.put_rows(a, part, start)
     m_N, s_N, hit_Nl, tgt_N, kept = carry
@@ -92,7 +93,7 @@ def _stats_fwd(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_b
 
   def chunk_body(active_rows, k, carry):
     ch = st.chunk(k, kernel_DC, bias_C)
-    return vocab_chunks.over_groups(st, active_rows, functools.partial(group_body, ch, k), carry)
+    return vocab_chunks.over_groups(st, active_rows, functools.partial(group_body, ch), carry)
 
   zeros = jnp.zeros((n,), jnp.float32)
   # Rows past the active blocks are never read: no fill needed (`lax.empty` fills only on a CPU).
@@ -147,7 +148,7 @@ def _head_stats_bwd(st, res, g):
     grads = _kept_bwd(st, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept, terms)
     return tuple(a.astype(b.dtype) for a, b in zip(grads, (h_ND, kernel_DC, bias_C))) + (None,) * 3
 
-  def group_body(ch, k, start, size, carry):
+  def group_body(ch, start, size, carry):
     rows = lambda a: vocab_chunks.take_rows(a, start, size)
     dh_ND, dw_DK, db_K = carry
     y_Rl = None if y_Nl is None else rows(y_Nl)
@@ -166,7 +167,7 @@ def _head_stats_bwd(st, res, g):
     ch = st.chunk(k, kernel_DC, bias_C)
     part = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
     dh_ND, dw_DK, db_K = vocab_chunks.over_groups(
-        st, active_rows, functools.partial(group_body, ch, k), part)
+        st, active_rows, functools.partial(group_body, ch), part)
     return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
             _add_slice(db_C, db_K, ch.start, axis=0))
 
