@@ -41,11 +41,12 @@ DEFAULT_CHUNK_SIZE = 4096
 MAX_ROW_BLOCKS, MIN_BLOCK_ROWS = 8, 64
 # Up to this many bytes of float32 logits (tokens x C), the head goes as one chunk of the whole
 # vocabulary and the backward reuses the forward's logits: one pass over them for dz, then dz Wᵀ
-# and hᵀ dz as two whole products, with no per-chunk slices or weight-gradient sums. Its
-# temporaries are about 4x these bytes. At 512 tokens and C = 50,257 (103 MB) the CPU train step
-# of benchmarks.train_step ran 1.14x faster than with the kept logits in chunks of 2048, which
-# was 1.03-1.06x faster than forming them again.
-KEEP_LOGITS_MAX_BYTES = 128 << 20
+# and hᵀ dz as two whole products, with no per-chunk slices or weight-gradient sums. Its loss +
+# gradient then needs about 1.5x these bytes (512 tokens, C = 50,257: 148 MiB, against 8 MiB in
+# chunks of 2048) and on a CPU ran 1.21x faster at 512 and at 1024 tokens; the GPT-2-vocabulary
+# train step of benchmarks.train_step (512 tokens) ran 1.14x faster than with the logits kept
+# in chunks of 2048.
+KEEP_LOGITS_MAX_BYTES = 256 << 20
 # Same clamp as objectives._masked_digit_nll: a digit marginal is at least 1e-37 (~85 nats).
 _MIN_MARGINAL = 1e-37
 
