@@ -10,7 +10,7 @@ import pytest
 
 import tiny
 from prime_jax import config as config_lib, fused_head, losses, objectives, schedules
-from prime_jax import step as step_lib, vocab_chunks
+from prime_jax import sharding, step as step_lib, vocab_chunks
 from prime_jax.models import PrimeTransformer
 from prime_jax.models.transformer import head_params
 from prime_jax.subtokens import PrimeCode
@@ -321,6 +321,27 @@ def test_a_train_step_through_the_fused_head_equals_the_one_on_logits(arg, train
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
       _assert_close(a, b, rel=1e-4, what=f"{key} gradient")
 
+
+
+def test_the_fused_head_over_a_data_and_tensor_sharded_batch_equals_one_device(train_step_losses):
+  """The fused head's row sort, switch and kept logits under SPMD partitioning: the loss and
+  gradients of the ℓ = 2 case with its 16 sequences split over data = 4 and tensor = 2 devices
+  equal the single-device ones."""
+  c = tiny.config_from_arg("ell=2", model__fused_head_chunk=100)
+  c.mesh.update(data=4, fsdp=1, tensor=2)
+  task = step_lib.build_task(c, 256, (32,))
+  mesh = sharding.make_mesh(c, jax.devices()[:8])
+  tokens = jax.random.randint(jax.random.key(2), (16, 32), 0, 256)
+  with sharding.activate(mesh, sharding.rules(c)):
+    got = jax.jit(functools.partial(_loss_and_grads, task))(
+        jax.device_put(tokens, sharding.batch_sharding(mesh)))
+  (v0, m0), g0 = train_step_losses["ell=2/100"]
+  (v1, m1), g1 = got
+  _assert_close(v1, v0, what="sharded loss")
+  for name in m0:
+    _assert_close(m1[name], m0[name], what=f"sharded {name}")
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    _assert_close(a, b, rel=1e-4, what="sharded gradient")
 
 def test_fused_head_skip_rows_off_leaves_no_switch_over_row_blocks():
   """model.fused_head_skip_rows=False: the train loss has no switch over the count of active
