@@ -322,7 +322,6 @@ def test_a_train_step_through_the_fused_head_equals_the_one_on_logits(arg, train
       _assert_close(a, b, rel=1e-4, what=f"{key} gradient")
 
 
-
 def test_the_fused_head_over_a_data_and_tensor_sharded_batch_equals_one_device(train_step_losses):
   """The fused head's row sort, switch and kept logits under SPMD partitioning: the loss and
   gradients of the ℓ = 2 case with its 16 sequences split over data = 4 and tensor = 2 devices
@@ -342,6 +341,7 @@ def test_the_fused_head_over_a_data_and_tensor_sharded_batch_equals_one_device(t
     _assert_close(m1[name], m0[name], what=f"sharded {name}")
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
     _assert_close(a, b, rel=1e-4, what="sharded gradient")
+
 
 def test_fused_head_skip_rows_off_leaves_no_switch_over_row_blocks():
   """model.fused_head_skip_rows=False: the train loss has no switch over the count of active
