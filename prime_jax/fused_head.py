@@ -147,8 +147,15 @@ def _head_stats_bwd(st, res, g):
   ht_DN = jax.lax.optimization_barrier(h_c.T)
   if st.keep_logits:
     grads = _kept_bwd(st, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept, terms)
-    return tuple(a.astype(b.dtype) for a, b in zip(grads, (h_ND, kernel_DC, bias_C))) + (None,) * 3
+  else:
+    grads = _chunked_bwd(st, h_c, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, terms)
+  return tuple(a.astype(b.dtype) for a, b in zip(grads, (h_ND, kernel_DC, bias_C))) + (None,) * 3
 
+
+def _chunked_bwd(st: vocab_chunks.Plan, h_c, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks,
+                 terms):
+  """float32 (dh, dW, db), chunk by chunk with the logits formed again; the weight gradient of a
+  chunk is summed in place."""
   def group_body(ch, start, size, carry):
     rows = lambda a: vocab_chunks.take_rows(a, start, size)
     dh_ND, dw_DK, db_K = carry
@@ -172,19 +179,17 @@ def _head_stats_bwd(st, res, g):
     return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
             _add_slice(db_C, db_K, ch.start, axis=0))
 
-  init = (jnp.zeros(h_ND.shape, jnp.float32), jnp.zeros(kernel_DC.shape, jnp.float32),
+  init = (jnp.zeros(h_c.shape, jnp.float32), jnp.zeros(kernel_DC.shape, jnp.float32),
           jnp.zeros(bias_C.shape, jnp.float32))
-  dh_ND, dw_DC, db_C = vocab_chunks.chunk_loop(st, h_ND.shape[0], num_blocks, chunk_body, init)
-  return (dh_ND.astype(h_ND.dtype), dw_DC.astype(kernel_DC.dtype), db_C.astype(bias_C.dtype),
-          None, None, None)
+  return vocab_chunks.chunk_loop(st, h_c.shape[0], num_blocks, chunk_body, init)
 
 
 def _kept_bwd(st: vocab_chunks.Plan, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept_NC,
               terms):
-  """(dh, dW, db) from the kept logits (N, C): dz of the active rows in one pass over the whole
-  vocabulary, then dz·Wᵀ and hᵀ·dz as two whole products, with no loop over chunks."""
+  """float32 (dh, dW, db) from the kept logits (N, C): dz of the active rows in one pass over the
+  whole vocabulary, then dz·Wᵀ and hᵀ·dz as two whole products, with no loop over chunks."""
   code, n = st.code, kept_NC.shape[0]
-  whole = vocab_chunks.chunk(code, code.vocab_size, st.compute_dtype, 0, kernel_DC, bias_C)
+  whole = st.chunk(0, kernel_DC, bias_C)  # Kept logits go as one chunk: the whole vocabulary.
 
   def run(rows: int):
     if rows == 0:
