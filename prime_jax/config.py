@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 from prime_jax import data, errors, losses, schedules, xla_options
-from prime_jax.models import REMAT_POLICIES
+from prime_jax.models import ATTENTION_IMPLS, REMAT_POLICIES
 
 MODEL_TYPES = ("transformer", "unet")
 DTYPES = ("float32", "bfloat16")
@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
       dropout=0.0, cond_dim=128, time_conditioning=False, causal=False,
       per_digit_tables=False, combine="concat", dtype="float32", remat=False,
       remat_policy="full", scan_layers=False,
+      # 'auto': cuDNN's fused attention on a GPU in bf16, einsums elsewhere; 'xla' or 'cudnn'
+      # force jax.nn.dot_product_attention with that implementation.
+      attention_impl="auto",
       # > 0: train through `fused_head` in chunks of this many token values, holding the (B, L, C)
       # logits only up to fused_head.KEEP_LOGITS_MAX_BYTES (transformer only); 0 forms them.
       fused_head_chunk=0,
@@ -174,6 +177,8 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
   if m.get("remat_policy", "full") not in REMAT_POLICIES:
     _fail("model.remat_policy", m.remat_policy, f"one of {tuple(REMAT_POLICIES)} (what a "
           "block rematerialised under model.remat=True keeps)")
+  if m.get("attention_impl", "auto") not in ATTENTION_IMPLS:
+    _fail("model.attention_impl", m.attention_impl, f"one of {ATTENTION_IMPLS}")
   chunk = m.get("fused_head_chunk", 0)
   if not isinstance(chunk, int) or chunk < 0 or (chunk and m.type != "transformer"):
     _fail("model.fused_head_chunk", chunk, "0 (logits formed) or, for model.type='transformer', "

@@ -62,7 +62,8 @@ def build_model(config: ml_collections.ConfigDict, code: PrimeCode,
   """The backbone a config names, for examples of `example_shape` ((L,) text, (H, W, Ch) images)."""
   m = config.model
   common = dict(dropout=m.dropout, time_conditioning=m.time_conditioning,
-                per_digit_tables=m.per_digit_tables, combine=m.combine, dtype=_dtype(m.dtype))
+                per_digit_tables=m.per_digit_tables, combine=m.combine, dtype=_dtype(m.dtype),
+                attention_impl=m.get("attention_impl", "auto"))
   if m.type == "transformer":
     if len(example_shape) != 1:
       raise ValueError(f"config.model.type='transformer' needs sequences, but the data gives "

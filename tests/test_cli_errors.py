@@ -134,6 +134,8 @@ def test_a_bug_keeps_its_traceback():
     (dict(mesh__data=3, mesh__fsdp=-1), r"does not divide the 8 available devices"),
     (dict(model__remat_policy="all"),
      r"model.remat_policy='all' is invalid: expected one of \('full', 'dots'\)"),
+    (dict(model__attention_impl="flash"),
+     r"model.attention_impl='flash' is invalid: expected one of \('auto', 'xla', 'cudnn'\)"),
     (dict(model__fused_head_chunk=-1), r"model.fused_head_chunk=-1 is invalid: expected 0"),
     (dict(model__type="unet", model__fused_head_chunk=64),
      r"model.fused_head_chunk=64 is invalid: .*for model.type='transformer'"),

@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from model_helpers import (TINY_IMAGE, TINY_TEXT, check_boxed, init, jitted_apply, key,
                            perturb, random_subtokens)
+from prime_jax import config as config_lib, step as step_lib
 from prime_jax.models import (ACTIVATION_AXES, LOGICAL_AXES, REMAT_POLICIES, PrimeTransformer,
                               PrimeUNet, apply_rotary, count_params,
                               transformer_body_matmul_params)
@@ -177,6 +178,15 @@ def test_attention_impls_agree_and_bad_impl_raises():
     PrimeTransformer(code, attention_impl="flash", **TINY_TEXT)
   with pytest.raises(ValueError, match="attention_impl"):
     PrimeUNet(code, attention_impl="flash", **TINY_IMAGE)
+
+
+def test_config_attention_impl_reaches_both_backbones():
+  for model_type, shape in [("transformer", (16,)), ("unet", (8, 8, 1))]:
+    c = config_lib.base_config()
+    c.model.update(type=model_type, attention_impl="cudnn")
+    assert step_lib.build_model(c, PrimeCode(27, 2), shape).attention_impl == "cudnn"
+    del c.model["attention_impl"]  # a workdir's config from before the key: 'auto'
+    assert step_lib.build_model(c, PrimeCode(27, 2), shape).attention_impl == "auto"
 
 
 def test_axis_registry_covers_the_activation_constraints(monkeypatch):

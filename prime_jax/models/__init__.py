@@ -7,7 +7,7 @@ A sharding rule set maps some of these names to mesh axes, e.g.
 ('vocab', 'tensor'))`; names without a rule stay unsharded.
 """
 
-from prime_jax.models.attention import apply_rotary
+from prime_jax.models.attention import ATTENTION_IMPLS, apply_rotary
 from prime_jax.models.embedding import COMBINE_MODES, PrimeEmbedding
 from prime_jax.models.layers import count_params, timestep_embedding
 from prime_jax.models.transformer import (REMAT_POLICIES, PrimeTransformer,
@@ -51,5 +51,5 @@ LOGICAL_AXES = {**PARAM_AXES, **ACTIVATION_AXES}
 __all__ = [
     "ACTIVATION_AXES", "COMBINE_MODES", "LOGICAL_AXES", "PARAM_AXES", "PrimeEmbedding",
     "PrimeTransformer", "PrimeUNet", "apply_rotary", "count_params", "timestep_embedding",
-    "transformer_body_matmul_params", "REMAT_POLICIES",
+    "transformer_body_matmul_params", "REMAT_POLICIES", "ATTENTION_IMPLS",
 ]
