@@ -5,11 +5,12 @@ On an accelerator: step time, tokens/s, MFU against the device's peak, compiled 
 head and the objective), measured as the full step minus a step whose loss reads the blocks'
 output directly. On a CPU only the compiled peak memory, at the batch asked for (no timing).
   python3 -m benchmarks.train_step --owt [--owt_batch 32] [--peak_tflops 989]
-      [--owt_set model.remat=False ...] [--owt_no_share] [--owt_profile DIR]
+      [--owt_set model.remat=True ...] [--owt_no_share] [--owt_profile DIR]
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import time
@@ -88,21 +89,27 @@ def _body_only_step(task: step_lib.Task, state: step_lib.TrainState, tokens: jax
                        step=state.step + 1), {"grad_norm": optax.tree.norm(grads)}
 
 
-def compile_step(config: ml_collections.ConfigDict, step_fn: Callable = step_lib.train_step
-                 ) -> tuple[Any, step_lib.Task, Any]:
-  """(compiled step, task, state shardings) of `step_fn` for `config` on the first device."""
+def compile_step(config: ml_collections.ConfigDict, step_fn: Callable = step_lib.train_step,
+                 device: Any = None) -> tuple[Any, step_lib.Task, Any]:
+  """(compiled step, task, state shardings) of `step_fn` for `config` on `device` (default:
+  the first device; a `gpu_target.compile_only_device` compiles for a GPU that is not here)."""
   seq = config.data.seq_len
+  device = device or jax.devices()[0]
+  if device.platform == "gpu" and jax.default_backend() != "gpu" and (
+      config.model.get("attention_impl", "auto") == "auto"):
+    config = copy.deepcopy(config)  # 'auto' looks at the host: ask for what it picks on a GPU
+    config.model.attention_impl = "cudnn"
   task = step_lib.build_task(config, GPT2_VOCAB, (seq,))
-  mesh = sharding.make_mesh(config, jax.devices()[:1])
+  mesh = sharding.make_mesh(config, [device])
   rules = sharding.rules(config)
+  key = jax.random.key(0)  # made on the host: a compile-only device cannot hold it
   with sharding.activate(mesh, rules):
-    boxed = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,), boxed=True),
-                           jax.random.key(0))
+    boxed = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,), boxed=True), key)
     shard = sharding.tree_shardings(boxed, mesh, rules)
-    abstract = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,)), jax.random.key(0))
+    abstract = jax.eval_shape(lambda k: step_lib.init_state(task, k, (seq,)), key)
     tokens = jax.ShapeDtypeStruct((config.train.batch_size, seq), jnp.int32,
                                   sharding=sharding.batch_sharding(mesh))
-    options = xla_options.compiler_options(config, GPT2_VOCAB, jax.devices()[0].platform)
+    options = xla_options.compiler_options(config, GPT2_VOCAB, device.platform)
     compiled = jax.jit(functools.partial(step_fn, task), in_shardings=(shard, tokens.sharding),
                        out_shardings=(shard, None), donate_argnums=0, compiler_options=options
                        ).lower(abstract, tokens).compile()
@@ -163,13 +170,15 @@ def device_peak_tflops(given: float) -> float:
 
 def report(batch: int, repeats: int, peak_tflops: float,
            config: ml_collections.ConfigDict | None = None, timed: bool | None = None,
-           head_share: bool = True, profile_dir: str = "") -> dict:
+           head_share: bool = True, profile_dir: str = "", device: Any = None) -> dict:
   """Prints and returns the OWT-small figures at `batch` (or of `config`); timed by default
-  only on an accelerator. `head_share=False` skips the second (body-only) compile."""
+  only on an accelerator. `head_share=False` skips the second (body-only) compile. A
+  compile-only `device` (`gpu_target`) gives that GPU's compiled peak memory alone."""
   config = config or owt_config(batch)
   batch = config.train.batch_size
-  timed = jax.default_backend() != "cpu" if timed is None else timed
-  compiled, task, shard = compile_step(config)
+  compile_only = device is not None and device.platform != jax.default_backend()
+  timed = jax.default_backend() != "cpu" and not compile_only if timed is None else timed
+  compiled, task, shard = compile_step(config, device=device)
   peak = peak_bytes(compiled)
   m = config.model
   remat = m.remat_policy if m.remat else "off"
@@ -179,7 +188,8 @@ def report(batch: int, repeats: int, peak_tflops: float,
           "compiled peak memory "
           f"{peak / 2**30:.2f} GiB")
   if not timed:
-    print(line + " (memory only)", flush=True)
+    where = f", compiled for an {device.device_kind} on this host" if compile_only else ""
+    print(f"{line} (memory only{where})", flush=True)
     return out
   sec = _time(compiled, task, shard, config, repeats, profile_dir)
   if profile_dir:  # the optimized HLO names the fusions the trace shows

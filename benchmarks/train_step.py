@@ -11,7 +11,7 @@ Also the 8-virtual-device vs 1-device step time (run with --devices 8), and with
 OpenWebText-small step in bf16 (`benchmarks.owt_step`: MFU, tokens/s, compiled peak memory and
 the head + objective share on an accelerator; compiled peak memory alone on a CPU).
   python3 -m benchmarks.train_step [--devices 8] [--owt [--owt_batch 32] [--owt_only]]
-      [--owt_set model.remat=False ...] [--owt_no_share] [--owt_profile DIR]
+      [--owt_set model.remat=True ...] [--owt_no_share] [--owt_profile DIR] [--owt_target h100]
 """
 
 import argparse
@@ -20,6 +20,8 @@ import os
 import sys
 import time
 from typing import Any
+
+from benchmarks import gpu_target
 
 
 def _parse():
@@ -31,11 +33,14 @@ def _parse():
                  help="micro-batch sizes (sequences of 1024) for --owt")
   p.add_argument("--owt_only", action="store_true", help="skip the small CPU shapes")
   p.add_argument("--owt_set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
-                 help="overrides of configs/openwebtext.py for --owt, e.g. model.remat=False")
+                 help="overrides of configs/openwebtext.py for --owt, e.g. model.remat=True")
   p.add_argument("--owt_no_share", action="store_true",
                  help="skip the head + objective share (one compile instead of two)")
   p.add_argument("--owt_profile", default="", metavar="DIR",
                  help="write a jax.profiler trace of four OWT steps and the HLO to DIR")
+  p.add_argument("--owt_target", default="", choices=["", *sorted(gpu_target.TARGETS)],
+                 help="compile the --owt step for this GPU (h100) without one: its compiled "
+                      "peak memory (needs jax's CUDA plugin, see benchmarks/gpu_compile.sh)")
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="device peak for MFU (default: from the device kind, e.g. 989 on H100)")
   return p.parse_args()
@@ -44,6 +49,8 @@ def _parse():
 ARGS = _parse() if __name__ == "__main__" else None
 if ARGS is not None and ARGS.devices > 1:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ARGS.devices}"
+if ARGS is not None and ARGS.owt_target:
+  gpu_target.prepare()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -123,9 +130,10 @@ def main():
   if not args.owt_only:
     small_shapes(args)
   if args.owt:
+    device = gpu_target.compile_only_device(args.owt_target) if args.owt_target else None
     for batch in args.owt_batch:
       config = owt_step.owt_config(batch, overrides=tuple(args.owt_set))
-      owt_step.report(batch, args.repeats, args.peak_tflops, config,
+      owt_step.report(batch, args.repeats, args.peak_tflops, config, device=device,
                       head_share=not args.owt_no_share, profile_dir=args.owt_profile)
 
 

@@ -2,7 +2,7 @@
 # One GPU: installs the CUDA build of the pinned jax when it is missing, then trains in bf16
 # with the XLA flags of launch/gpu_flags.sh.
 #   bash launch/gpu.sh [CONFIG] [WORKDIR] [extra --config.* flags]
-#   bash launch/gpu.sh configs/openwebtext.py:ell=2,accum=16 runs/owt_l2   # batch 512 as 16 × 32
+#   bash launch/gpu.sh configs/openwebtext.py:ell=2,accum=4 runs/owt_l2   # batch 512 as 4 × 128
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -1,8 +1,13 @@
 """The OpenWebText-small benchmark's code paths, on a scaled-down model so they run on a CPU."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import pytest
 
-from benchmarks import owt_step
+from benchmarks import gpu_target, owt_step
 from prime_jax import config as config_lib
 
 
@@ -14,9 +19,9 @@ def small_owt():
   return c
 
 
-def test_owt_config_fits_the_batch_with_remat_scan_and_the_fused_head():
+def test_owt_config_scans_blocks_without_remat_and_trains_the_fused_head():
   c = owt_step.owt_config(32)
-  assert (c.model.remat, c.model.remat_policy, c.model.scan_layers) == (True, "dots", True)
+  assert (c.model.remat, c.model.remat_policy, c.model.scan_layers) == (False, "dots", True)
   assert c.model.fused_head_chunk > 0 and c.train.batch_size == 32
   assert c.data.seq_len == 1024 and c.model.dtype == "bfloat16"
 
@@ -52,11 +57,61 @@ def test_report_without_the_share_compiles_once_and_writes_a_profile(small_owt, 
 
 
 def test_overrides_reach_the_config_and_bad_ones_name_the_key():
-  c = owt_step.owt_config(4, overrides=("model.remat=False", "model.fused_head_chunk=8192",
+  c = owt_step.owt_config(4, overrides=("model.remat=True", "model.fused_head_chunk=8192",
                                         "model.remat_policy=full"))
-  assert (c.model.remat, c.model.fused_head_chunk, c.model.remat_policy) == (False, 8192, "full")
+  assert (c.model.remat, c.model.fused_head_chunk, c.model.remat_policy) == (True, 8192, "full")
   for bad, named in [("model.remats=False", "remats"), ("modl.remat=False", "modl.remat"),
                      ("model.remat", "model.remat"), ("model.remat='yes'", "remat"),
                      ("model.remat_policy=fast", "model.remat_policy")]:
     with pytest.raises(config_lib.ConfigError, match=named):
       owt_step.owt_config(4, overrides=(bad,))
+
+
+HAS_CUDA_PLUGIN = (importlib.util.find_spec("jax_plugins") is not None
+                   and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+SMALL_OWT = ("model.d_model=32", "model.num_layers=2", "model.num_heads=2", "model.cond_dim=16",
+             "data.seq_len=32")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _compile_for_h100(*flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--owt", "--owt_only",
+                         "--owt_target", "h100", "--owt_no_share", *flags],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="the CUDA plugin is installed here")
+def test_a_gpu_target_without_the_cuda_plugin_says_what_to_install():
+  run = _compile_for_h100("--owt_batch", "2", "--owt_set", *SMALL_OWT)
+  assert run.returncode != 0
+  assert 'pip install "jax[cuda12]==' in run.stderr and "gpu_compile.sh" in run.stderr
+  with pytest.raises(ValueError, match=r"'a100' is not one of \['h100'\]"):
+    gpu_target.compile_only_device("a100")
+
+
+CUDNN_CHECK = """
+from benchmarks import gpu_target
+gpu_target.prepare()
+from benchmarks import owt_step
+config = owt_step.owt_config(2, overrides={overrides!r})
+compiled, _, _ = owt_step.compile_step(config, device=gpu_target.compile_only_device("h100"))
+print("fmha calls:", compiled.as_text().count('custom_call_target="__cudnn$fmha'))
+"""
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (gpu_compile.sh)")
+def test_the_owt_step_compiles_for_an_h100_on_this_host():
+  """The small OWT model at two batches: XLA:GPU's memory grows with the batch, and 'auto'
+  attention becomes cuDNN's fused kernel although the host's backend is the CPU."""
+  run = _compile_for_h100("--owt_batch", "2", "8", "--owt_set", *SMALL_OWT)
+  assert run.returncode == 0, run.stderr[-2000:]
+  lines = [l for l in run.stdout.splitlines() if "compiled for an NVIDIA H100" in l]
+  gib = [float(l.split("compiled peak memory ")[1].split(" GiB")[0]) for l in lines]
+  assert len(gib) == 2 and 0 < gib[0] < gib[1]
+  script = CUDNN_CHECK.format(overrides=SMALL_OWT + ("model.num_heads=1",))  # head size 32
+  run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert int(run.stdout.split("fmha calls:")[1]) >= 2  # forward and backward
