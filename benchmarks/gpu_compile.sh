@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The OpenWebText-small train step compiled for an H100 on this machine, with no GPU: XLA:GPU's
-# compiled peak memory (memory_analysis) at the micro-batches and remat settings that decide
-# configs/openwebtext.py, with the XLA flags of launch/gpu_flags.sh. No step runs, so no time.
-#   bash benchmarks/gpu_compile.sh                 (B = 32 64 128 160 as configured, then
-#                                                   32 64 128 with model.remat=True)
+# compiled peak memory (memory_analysis) and the roofline of its optimized program
+# (benchmarks/gpu_roofline.py: a lower bound on the step's time, and so a ceiling on its MFU),
+# for the micro-batches and settings that decide configs/openwebtext.py, with the XLA flags of
+# launch/gpu_flags.sh. No step runs, so nothing is timed.
+#   bash benchmarks/gpu_compile.sh        (the config at B = 32 128 192, then at 32 with the
+#                                          blocks rematerialised, scanned, and both)
 #   OWT_BATCHES="32 256" bash benchmarks/gpu_compile.sh
 # jax's CUDA plugin (about 5 GB on disk with its CUDA wheels) goes into build/gpu_compile_venv,
 # which sees the installed requirements (--system-site-packages): the main env keeps its CPU.
-# SKIP_SETUP=1 uses what is installed. Each compile takes ~25 s on a 2-core CPU.
+# SKIP_SETUP=1 uses what is installed. Each compile takes 25-50 s on a 2-core CPU.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -28,6 +30,9 @@ run() {
     "$@" 2> >(grep -v "hlo_rematerialization" >&2)
 }
 # shellcheck disable=SC2086
-run --owt_batch ${OWT_BATCHES:-32 64 128 160}
-# shellcheck disable=SC2086
-run --owt_batch ${OWT_REMAT_BATCHES:-32 64 128} --owt_set model.remat=True
+run --owt_batch ${OWT_BATCHES:-32 128 192}
+for settings in model.remat=True model.scan_layers=True \
+    "model.remat=True model.scan_layers=True"; do
+  # shellcheck disable=SC2086
+  run --owt_batch 32 --owt_set $settings
+done

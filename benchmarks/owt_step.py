@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from benchmarks import gpu_roofline
 from prime_jax import config as config_lib, sharding, step as step_lib, xla_options
 from prime_jax.models import transformer_body_matmul_params
 
@@ -168,6 +169,22 @@ def device_peak_tflops(given: float) -> float:
   return next((v for k, v in PEAK_BF16_TFLOPS.items() if k.lower() in kind.lower()), 0.0)
 
 
+def _roofline(compiled: Any, kind: str, config: ml_collections.ConfigDict, out: dict) -> str:
+  """`gpu_roofline`'s lower bound on the step's time and the MFU it allows, added to `out`."""
+  bandwidth = next((v for k, v in gpu_roofline.BANDWIDTH.items() if k in kind), 0.0)
+  peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), 0.0) * 1e12
+  if not (bandwidth and peak):
+    return ""
+  r = gpu_roofline.estimate(compiled.as_text(), peak, bandwidth,
+                            scope={"PrimeTransformer": "blocks"})
+  ceiling = model_flops(config) / r.seconds / peak
+  out.update(roofline_s=r.seconds, mfu_ceiling=ceiling)
+  parts = ", ".join(f"{scope} {kind_} {sec * 1e3:.1f}" for (scope, kind_), sec
+                    in sorted(r.by.items(), key=lambda kv: -kv[1]))
+  return (f"; roofline {r.seconds * 1e3:.1f} ms ({parts}; "
+          f"{r.bytes / 1e9:.0f} GB moved), MFU at most {ceiling:.1%}")
+
+
 def report(batch: int, repeats: int, peak_tflops: float,
            config: ml_collections.ConfigDict | None = None, timed: bool | None = None,
            head_share: bool = True, profile_dir: str = "", device: Any = None) -> dict:
@@ -176,7 +193,8 @@ def report(batch: int, repeats: int, peak_tflops: float,
   compile-only `device` (`gpu_target`) gives that GPU's compiled peak memory alone."""
   config = config or owt_config(batch)
   batch = config.train.batch_size
-  compile_only = device is not None and device.platform != jax.default_backend()
+  device = device or jax.devices()[0]
+  compile_only = device.platform != jax.default_backend()
   timed = jax.default_backend() != "cpu" and not compile_only if timed is None else timed
   compiled, task, shard = compile_step(config, device=device)
   peak = peak_bytes(compiled)
@@ -187,6 +205,8 @@ def report(batch: int, repeats: int, peak_tflops: float,
           f"scan_layers={m.scan_layers}, fused_head_skip_rows={m.fused_head_skip_rows}: "
           "compiled peak memory "
           f"{peak / 2**30:.2f} GiB")
+  if device.platform == "gpu":
+    line += _roofline(compiled, device.device_kind, config, out)
   if not timed:
     where = f", compiled for an {device.device_kind} on this host" if compile_only else ""
     print(f"{line} (memory only{where})", flush=True)
@@ -199,7 +219,7 @@ def report(batch: int, repeats: int, peak_tflops: float,
   mfu = model_flops(config) / sec / (tflops * 1e12) if tflops else float("nan")
   out.update(step_s=sec, tokens_per_s=batch * config.data.seq_len / sec, mfu=mfu)
   line += (f"; {sec * 1e3:.1f} ms/step, {out['tokens_per_s']:,.0f} tokens/s, MFU {mfu:.1%} of "
-           f"{tflops:.0f} TFLOP/s ({jax.devices()[0].device_kind})")
+           f"{tflops:.0f} TFLOP/s ({device.device_kind})")
   if head_share:
     body, *_ = compile_step(config, _body_only_step)
     body_sec = _time(body, task, shard, config, repeats)

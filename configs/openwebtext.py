@@ -4,9 +4,12 @@
 Arguments: ell (1, 2, 3, 4, 6, 8), objective, carry_over, baseline (''|mdm|ar), accum
 (gradient-accumulation steps: on one 80 GB accelerator accum=4 trains the batch of 512 as
 4 micro-batches of 128 × 1024 tokens).
-Nothing is rematerialised: compiled for an H100 (benchmarks/gpu_compile.sh), the ℓ = 2 step
-needs 14.7 GiB at 32 × 1024 and 51.3 GiB at 128 × 1024 (9.3 and 29.6 with model.remat=True,
-which keeps the blocks' matmul outputs and computes the rest again in the backward pass).
+The blocks are neither rematerialised nor scanned. Compiled for an H100 (bash
+benchmarks/gpu_compile.sh), the ℓ = 2 step needs 12.8 GiB at 32 × 1024 and 44.3 GiB at
+128 × 1024, and its roofline (benchmarks/gpu_roofline.py) is 64.3 ms at 32 × 1024. Scanned, the
+backward pass copies each layer's saved activations out of the stacked buffers: 14.7 GiB and
+84.2 ms. With model.remat=True (the blocks keep their matmul outputs and compute the rest
+again) 8.5 GiB and 69.6 ms; both, as this config had them before, 9.3 GiB and 76.5 ms.
 Prepare the data first: python -m prime_jax.data.prepare openwebtext --out=DIR.
 """
 
@@ -19,7 +22,7 @@ def get_config(arg=None):
   c = config.base_config()
   c.data.update(name="openwebtext", seq_len=1024, tokenizer="gpt2", data_dir=args.data_dir)
   c.model.update(d_model=768, num_layers=12, num_heads=12, dropout=0.1, dtype="bfloat16",
-                 fused_head_chunk=4096, remat=False, remat_policy="dots", scan_layers=True)
+                 fused_head_chunk=4096, remat=False, remat_policy="dots", scan_layers=False)
   c.optim.update(lr=3e-4, warmup_steps=2500, lr_schedule="constant", ema_decay=0.9999,
                  weight_decay=0.0, grad_clip=1.0,
                  grad_accum_steps=args.accum)

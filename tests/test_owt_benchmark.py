@@ -19,9 +19,9 @@ def small_owt():
   return c
 
 
-def test_owt_config_scans_blocks_without_remat_and_trains_the_fused_head():
+def test_owt_config_neither_remats_nor_scans_and_trains_the_fused_head():
   c = owt_step.owt_config(32)
-  assert (c.model.remat, c.model.remat_policy, c.model.scan_layers) == (False, "dots", True)
+  assert (c.model.remat, c.model.remat_policy, c.model.scan_layers) == (False, "dots", False)
   assert c.model.fused_head_chunk > 0 and c.train.batch_size == 32
   assert c.data.seq_len == 1024 and c.model.dtype == "bfloat16"
 
@@ -103,13 +103,15 @@ print("fmha calls:", compiled.as_text().count('custom_call_target="__cudnn$fmha'
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (gpu_compile.sh)")
 def test_the_owt_step_compiles_for_an_h100_on_this_host():
-  """The small OWT model at two batches: XLA:GPU's memory grows with the batch, and 'auto'
-  attention becomes cuDNN's fused kernel although the host's backend is the CPU."""
+  """The small OWT model at two batches: XLA:GPU's memory and roofline grow with the batch,
+  and 'auto' attention becomes cuDNN's fused kernel although the host's backend is the CPU."""
   run = _compile_for_h100("--owt_batch", "2", "8", "--owt_set", *SMALL_OWT)
   assert run.returncode == 0, run.stderr[-2000:]
   lines = [l for l in run.stdout.splitlines() if "compiled for an NVIDIA H100" in l]
   gib = [float(l.split("compiled peak memory ")[1].split(" GiB")[0]) for l in lines]
   assert len(gib) == 2 and 0 < gib[0] < gib[1]
+  roofline = [float(l.split("; roofline ")[1].split(" ms")[0]) for l in lines]
+  assert 0 < roofline[0] < roofline[1] and all("MFU at most" in l for l in lines)
   script = CUDNN_CHECK.format(overrides=SMALL_OWT + ("model.num_heads=1",))  # head size 32
   run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
