@@ -144,44 +144,49 @@ def _head_stats_bwd(st, res, g):
   terms = (stats.log_z, g_log_z, ratio_Nl, g_target)
   h_c = h_ND.astype(st.compute_dtype)
   # A kept copy of hᵀ (XLA folds a bare transpose back into hᵀ·dz, ~1.3x slower on XLA:CPU).
-  ht_DN = jax.lax.optimization_barrier(h_c.T)
+  # Chunk by chunk it has a row of ones (and zeros to a multiple of 8 rows) below it, so the
+  # product that gives a chunk's weight gradient also gives its bias gradient: a sum of the
+  # float32 dz over rows had XLA:GPU write dz in float32 and read it back.
+  extra = [] if st.keep_logits else [jnp.zeros((8, h_c.shape[0]), h_c.dtype).at[0].set(1)]
+  ht_EN = jax.lax.optimization_barrier(jnp.concatenate([h_c.T] + extra, axis=0))
   if st.keep_logits:
-    grads = _kept_bwd(st, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept, terms)
+    grads = _kept_bwd(st, ht_EN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept, terms)
   else:
-    grads = _chunked_bwd(st, h_c, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, terms)
+    grads = _chunked_bwd(st, h_c, ht_EN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, terms)
   return tuple(a.astype(b.dtype) for a, b in zip(grads, (h_ND, kernel_DC, bias_C))) + (None,) * 3
 
 
-def _chunked_bwd(st: vocab_chunks.Plan, h_c, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks,
+def _chunked_bwd(st: vocab_chunks.Plan, h_c, ht_EN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks,
                  terms):
-  """float32 (dh, dW, db), chunk by chunk with the logits formed again; the weight gradient of a
-  chunk is summed in place."""
+  """float32 (dh, dW, db), chunk by chunk with the logits formed again; a chunk's weight and bias
+  gradients come from one product with `ht_EN` (hᵀ over a row of ones) and are summed in place."""
   def group_body(ch, start, size, carry):
     rows = lambda a: vocab_chunks.take_rows(a, start, size)
-    dh_ND, dw_DK, db_K = carry
+    dh_ND, dwb_EK = carry
     y_Rl = None if y_Nl is None else rows(y_Nl)
     z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
         st.code, ch, rows(h_c), rows(x0_N), y_Rl, st.with_hits)
-    dz_RK = _dz(z_RK, keep_RK, hits, target_RK, [rows(a) for a in terms])
-    db_K = db_K + dz_RK.sum(0)
-    dz_RK = dz_RK.astype(st.compute_dtype)
+    dz_RK = _dz(z_RK, keep_RK, hits, target_RK, [rows(a) for a in terms]).astype(
+        st.compute_dtype)
     dh_RD = rows(dh_ND) + jnp.dot(dz_RK, ch.w_DK.T, preferred_element_type=jnp.float32)
-    ht_DR = jax.lax.dynamic_slice_in_dim(ht_DN, start, size, axis=1)
-    dw_DK = dw_DK + jnp.dot(ht_DR, dz_RK, preferred_element_type=jnp.float32)
-    return vocab_chunks.put_rows(dh_ND, dh_RD, start), dw_DK, db_K
+    ht_ER = jax.lax.dynamic_slice_in_dim(ht_EN, start, size, axis=1)
+    dwb_EK = dwb_EK + jnp.dot(ht_ER, dz_RK, preferred_element_type=jnp.float32)
+    return vocab_chunks.put_rows(dh_ND, dh_RD, start), dwb_EK
 
   def chunk_body(active_rows, k, carry):
     dh_ND, dw_DC, db_C = carry
     ch = st.chunk(k, kernel_DC, bias_C)
-    part = (dh_ND, jnp.zeros(ch.w_DK.shape, jnp.float32), jnp.zeros(ch.b_K.shape, jnp.float32))
-    dh_ND, dw_DK, db_K = vocab_chunks.over_groups(
+    part = (dh_ND, jnp.zeros((ht_EN.shape[0], ch.w_DK.shape[1]), jnp.float32))
+    dh_ND, dwb_EK = vocab_chunks.over_groups(
         st, active_rows, functools.partial(group_body, ch), part)
-    return (dh_ND, _add_slice(dw_DC, dw_DK, ch.start, axis=1),
-            _add_slice(db_C, db_K, ch.start, axis=0))
+    d = dw_DC.shape[0]
+    return (dh_ND, _add_slice(dw_DC, dwb_EK[:d], ch.start, axis=1),
+            _add_slice(db_C, dwb_EK[d], ch.start, axis=0))
 
+  n = h_c.shape[0]
   init = (jnp.zeros(h_c.shape, jnp.float32), jnp.zeros(kernel_DC.shape, jnp.float32),
           jnp.zeros(bias_C.shape, jnp.float32))
-  return vocab_chunks.chunk_loop(st, h_c.shape[0], num_blocks, chunk_body, init)
+  return vocab_chunks.chunk_loop(st, n, num_blocks, chunk_body, init)
 
 
 def _kept_bwd(st: vocab_chunks.Plan, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept_NC,
