@@ -25,6 +25,11 @@ _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([a-z][a-z\-]*)\((.*)$")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
          "opt-barrier", "partition-id", "replica-id"}
 _SLICES = {"slice", "dynamic-slice", "gather"}
+# Ops that read one element of each operand for each element they write.
+_ELEMENTWISE = {"abs", "add", "and", "bitcast", "clamp", "compare", "convert", "copy", "divide",
+                "exponential", "exponential-minus-one", "log", "log-plus-one", "maximum",
+                "minimum", "multiply", "negate", "not", "or", "power", "rsqrt", "select",
+                "sign", "sqrt", "subtract", "tanh", "xor"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,17 +192,35 @@ class _Walker:
     for k, size in enumerate(operands):
       param = params.get(k, "")
       uses = users.get(param, [])
-      sliced = [u for u in uses if u.op in _SLICES and u.operands[0] == param]
       updated = [u for u in uses if u.op == "dynamic-update-slice" and u.operands[0] == param]
       operand = _ARRAY.search(self.shapes.get(inst.operands[k], ""))
-      if uses and len(sliced) + len(updated) == len(uses):
-        size = sum(array_bytes(u.shape) for u in sliced)
+      if updated and all(u.op in _SLICES or u in updated for u in uses):
         for u in updated:  # written in place: only the update moves
           written += array_bytes(_shape_in(body, u.operands[1])) - array_bytes(u.shape)
-      elif operand and per_output < math.inf:
-        size = min(size, per_output * _BYTES[operand.group(1)])
+        uses = [u for u in uses if u not in updated]
+        size = sum(array_bytes(u.shape) for u in uses)
+      elif operand and uses:
+        shapes = {i.name: i.shape for i in body}
+        size = min(size, per_output * _BYTES[operand.group(1)],
+                   _elements_read(param, users, shapes) * _BYTES[operand.group(1)])
       read += size
     return read + written
+
+
+def _elements_read(name: str, users: dict, shapes: dict, depth: int = 0) -> float:
+  """Elements of `name` a fusion reads: through elementwise ops, only what slices or gathers
+  further on take; everything where anything else (a reduction, a broadcast) reads it."""
+  full = math.prod(_dims(shapes[name]))
+  total = 0.0
+  for u in users.get(name, []):
+    if u.op in _SLICES and u.operands[0] == name:
+      total += math.prod(_dims(u.shape))
+    elif (u.op in _ELEMENTWISE and depth < 64 and u.name in users
+          and math.prod(_dims(u.shape)) == full):
+      total += _elements_read(u.name, users, shapes, depth + 1)
+    else:
+      return full
+  return min(full, total)
 
 
 def estimate(hlo: str, peak_flops: float = H100_PEAK_FLOPS, bandwidth: float = H100_BANDWIDTH,

@@ -3,7 +3,9 @@
 On an accelerator: step time, tokens/s, MFU against the device's peak, compiled peak memory
 (`memory_analysis`) and the share of the step spent outside the blocks (noising, the fused
 head and the objective), measured as the full step minus a step whose loss reads the blocks'
-output directly. On a CPU only the compiled peak memory, at the batch asked for (no timing).
+output directly. On a CPU only the compiled peak memory, at the batch asked for (no timing),
+or, compiled for a GPU that is not here (`gpu_target`), its memory and roofline
+(`gpu_roofline`). Every GPU compile also prints its roofline.
   python3 -m benchmarks.train_step --owt [--owt_batch 32] [--peak_tflops 989]
       [--owt_set model.remat=True ...] [--owt_no_share] [--owt_profile DIR]
 """

@@ -9,7 +9,8 @@ Run it after `source launch/cpu_allocator.sh` to time the CPU step with tcmalloc
 launch/local.sh runs it (the first line says which malloc is in use).
 Also the 8-virtual-device vs 1-device step time (run with --devices 8), and with --owt the
 OpenWebText-small step in bf16 (`benchmarks.owt_step`: MFU, tokens/s, compiled peak memory and
-the head + objective share on an accelerator; compiled peak memory alone on a CPU).
+the head + objective share on an accelerator; compiled peak memory alone on a CPU; with
+--owt_target h100, compiled for an H100 on this machine: its memory and roofline).
   python3 -m benchmarks.train_step [--devices 8] [--owt [--owt_batch 32] [--owt_only]]
       [--owt_set model.remat=True ...] [--owt_no_share] [--owt_profile DIR] [--owt_target h100]
 """
@@ -40,7 +41,8 @@ def _parse():
                  help="write a jax.profiler trace of four OWT steps and the HLO to DIR")
   p.add_argument("--owt_target", default="", choices=["", *sorted(gpu_target.TARGETS)],
                  help="compile the --owt step for this GPU (h100) without one: its compiled "
-                      "peak memory (needs jax's CUDA plugin, see benchmarks/gpu_compile.sh)")
+                      "peak memory and roofline (needs jax's CUDA plugin, see "
+                      "benchmarks/gpu_compile.sh)")
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="device peak for MFU (default: from the device kind, e.g. 989 on H100)")
   return p.parse_args()

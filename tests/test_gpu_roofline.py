@@ -69,6 +69,14 @@ MODULE = """HloModule test
   ROOT %g.slice = f32[10]{0} slice(%g.exp), slice={[0:10]}
 }
 
+%fused_edge (h.0: f32[1000]) -> f32[] {
+  %h.0 = f32[1000]{0} parameter(0)
+  %h.exp = f32[1000]{0} exponential(%h.0)
+  %h.slice = f32[10]{0} slice(%h.exp), slice={[0:10]}
+  %h.zero = f32[] constant(0)
+  ROOT %h.sum = f32[] reduce(%h.slice, %h.zero), dimensions={0}, to_apply=%add_f
+}
+
 ENTRY %main (a: bf16[256,512], w: bf16[512,128], v0: f32[1000], x: f32[2000], k: s32[], rows: f32[10,1000], q: bf16[2,128,4,64]) -> f32[] {
   %a = bf16[256,512]{1,0} parameter(0)
   %w = bf16[512,128]{1,0} parameter(1)
@@ -87,6 +95,7 @@ ENTRY %main (a: bf16[256,512], w: bf16[512,128], v0: f32[1000], x: f32[2000], k:
   %att = (bf16[2,4,128,64]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", backend_config={"cudnn_fmha_backend_config": {"intermediate_tensor_shape": {"element_type": "BF16", "dimensions": ["2", "4", "128", "128"], "tuple_shapes": []}}}
   %attb = (bf16[2,4,128,64]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmaxBackward", backend_config={"cudnn_fmha_backend_config": {"intermediate_tensor_shape": {"element_type": "BF16", "dimensions": ["2", "4", "128", "128"], "tuple_shapes": []}}}
   %pick = f32[10]{0} fusion(%v0), kind=kLoop, calls=%fused_pick
+  %edge = f32[] fusion(%v0), kind=kInput, calls=%fused_edge
   ROOT %out = f32[] copy(%switch)
 }
 """
@@ -99,17 +108,18 @@ PUT = 4000 + 4 + 4000  # an in-place update moves the row, not the buffer
 COPY = 8
 BACKWARD = 5 * ATTENTION // 2  # five products of the forward's two
 PICK = 40 + 40  # exp then a 10-float slice: a loop fusion evaluates only what it writes
+EDGE = 40 + 4  # a sum of 10 sliced floats: elementwise ops then a slice read only the slice
 
 
 def test_costs_of_products_loops_switches_slices_and_updates():
   r = gpu_roofline.estimate(MODULE, peak_flops=1e9, bandwidth=1e9, scope={"/head/": "head"})
   assert r.flops == GEMM + ATTENTION + BACKWARD
-  assert r.bytes == 524288 + LOOP + SWITCH + ROW + PUT + 2 * 524288 + PICK + COPY
+  assert r.bytes == 524288 + LOOP + SWITCH + ROW + PUT + 2 * 524288 + PICK + EDGE + COPY
   assert r.seconds * 1e9 == pytest.approx(
-      GEMM + LOOP + SWITCH + ROW + PUT + ATTENTION + BACKWARD + PICK + COPY)
+      GEMM + LOOP + SWITCH + ROW + PUT + ATTENTION + BACKWARD + PICK + EDGE + COPY)
   by = {key: round(v * 1e9) for key, v in r.by.items()}
   assert by == {("rest", "gemm"): GEMM, ("rest", "attention"): ATTENTION + BACKWARD,
-                ("head", "memory"): SWITCH, ("rest", "memory"): LOOP + ROW + PUT + PICK + COPY}
+                ("head", "memory"): SWITCH, ("rest", "memory"): LOOP + ROW + PUT + PICK + EDGE + COPY}
   cheap = gpu_roofline.estimate(MODULE, peak_flops=1e9, bandwidth=1e9, branch=1)
   assert (r.seconds - cheap.seconds) * 1e9 == pytest.approx(SWITCH)
 
