@@ -77,7 +77,13 @@ MODULE = """HloModule test
   ROOT %h.sum = f32[] reduce(%h.slice, %h.zero), dimensions={0}, to_apply=%add_f
 }
 
-ENTRY %main (a: bf16[256,512], w: bf16[512,128], v0: f32[1000], x: f32[2000], k: s32[], rows: f32[10,1000], q: bf16[2,128,4,64]) -> f32[] {
+%fused_dot (m.0: bf16[64,32], m.1: bf16[32,16]) -> f32[64,16] {
+  %m.0 = bf16[64,32]{1,0} parameter(0)
+  %m.1 = bf16[32,16]{1,0} parameter(1)
+  ROOT %m.dot = f32[64,16]{1,0} dot(%m.0, %m.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (a: bf16[256,512], w: bf16[512,128], v0: f32[1000], x: f32[2000], k: s32[], rows: f32[10,1000], q: bf16[2,128,4,64], m.a: bf16[64,32], m.b: bf16[32,16]) -> f32[] {
   %a = bf16[256,512]{1,0} parameter(0)
   %w = bf16[512,128]{1,0} parameter(1)
   %gemm = (f32[256,128]{1,0}, s8[1024]{0}) custom-call(%a, %w), custom_call_target="__cublas$lt$matmul", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
@@ -96,6 +102,9 @@ ENTRY %main (a: bf16[256,512], w: bf16[512,128], v0: f32[1000], x: f32[2000], k:
   %attb = (bf16[2,4,128,64]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmaxBackward", backend_config={"cudnn_fmha_backend_config": {"intermediate_tensor_shape": {"element_type": "BF16", "dimensions": ["2", "4", "128", "128"], "tuple_shapes": []}}}
   %pick = f32[10]{0} fusion(%v0), kind=kLoop, calls=%fused_pick
   %edge = f32[] fusion(%v0), kind=kInput, calls=%fused_edge
+  %m.a = bf16[64,32]{1,0} parameter(7)
+  %m.b = bf16[32,16]{1,0} parameter(8)
+  %small = f32[64,16]{1,0} fusion(%m.a, %m.b), kind=kCustom, calls=%fused_dot
   ROOT %out = f32[] copy(%switch)
 }
 """
@@ -109,16 +118,17 @@ COPY = 8
 BACKWARD = 5 * ATTENTION // 2  # five products of the forward's two
 PICK = 40 + 40  # exp then a 10-float slice: a loop fusion evaluates only what it writes
 EDGE = 40 + 4  # a sum of 10 sliced floats: elementwise ops then a slice read only the slice
+DOT = 2 * 64 * 16 * 32  # a product fused by XLA (a Triton GEMM), 9,216 bytes
 
 
 def test_costs_of_products_loops_switches_slices_and_updates():
   r = gpu_roofline.estimate(MODULE, peak_flops=1e9, bandwidth=1e9, scope={"/head/": "head"})
-  assert r.flops == GEMM + ATTENTION + BACKWARD
-  assert r.bytes == 524288 + LOOP + SWITCH + ROW + PUT + 2 * 524288 + PICK + EDGE + COPY
+  assert r.flops == GEMM + ATTENTION + BACKWARD + DOT
+  assert r.bytes == 524288 + LOOP + SWITCH + ROW + PUT + 2 * 524288 + PICK + EDGE + 9216 + COPY
   assert r.seconds * 1e9 == pytest.approx(
-      GEMM + LOOP + SWITCH + ROW + PUT + ATTENTION + BACKWARD + PICK + EDGE + COPY)
+      GEMM + LOOP + SWITCH + ROW + PUT + ATTENTION + BACKWARD + PICK + EDGE + DOT + COPY)
   by = {key: round(v * 1e9) for key, v in r.by.items()}
-  assert by == {("rest", "gemm"): GEMM, ("rest", "attention"): ATTENTION + BACKWARD,
+  assert by == {("rest", "gemm"): GEMM + DOT, ("rest", "attention"): ATTENTION + BACKWARD,
                 ("head", "memory"): SWITCH, ("rest", "memory"): LOOP + ROW + PUT + PICK + EDGE + COPY}
   cheap = gpu_roofline.estimate(MODULE, peak_flops=1e9, bandwidth=1e9, branch=1)
   assert (r.seconds - cheap.seconds) * 1e9 == pytest.approx(SWITCH)
