@@ -4,8 +4,8 @@
 # 32 × 1024 and 128 × 1024, the config's (OWT_BATCHES="32" for one); at 32 × 1024 the same step
 # with the fused head computing every token (model.fused_head_skip_rows=False: no switch on the
 # count of active rows), with the blocks rematerialised (model.remat=True) and with them scanned
-# (model.scan_layers=True), then the sampler's own cost per step at batch 1 and 64, all with the XLA flags of
-# launch/gpu_flags.sh. Each step line also gives the roofline of its compiled program
+# (model.scan_layers=True), then the sampler's own cost per step at batch 1 and 64, all with the
+# XLA flags of launch/gpu_flags.sh. Each step line also gives the roofline of its compiled program
 # (benchmarks/gpu_roofline.py), whose ratio to the measured time says how far its kernels run
 # from the device's peaks.
 #   bash benchmarks/gpu_check.sh

@@ -192,7 +192,7 @@ def report(batch: int, repeats: int, peak_tflops: float,
            head_share: bool = True, profile_dir: str = "", device: Any = None) -> dict:
   """Prints and returns the OWT-small figures at `batch` (or of `config`); timed by default
   only on an accelerator. `head_share=False` skips the second (body-only) compile. A
-  compile-only `device` (`gpu_target`) gives that GPU's compiled peak memory alone."""
+  compile-only `device` (`gpu_target`) gives that GPU's compiled peak memory and roofline."""
   config = config or owt_config(batch)
   batch = config.train.batch_size
   device = device or jax.devices()[0]
