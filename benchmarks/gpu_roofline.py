@@ -1,8 +1,9 @@
 """A roofline estimate of a compiled XLA:GPU program, read from its optimized HLO text.
 
 Each kernel takes max(FLOPs / peak, bytes / bandwidth); a loop counts its body once per trip
-(once where XLA does not know the trip count) and a switch the branch asked for. That is a lower bound on the step's time, not a measurement: it
-ranks settings of a GPU step compiled on a CPU (`gpu_target`), where nothing can be timed.
+(once where XLA does not know the trip count) and a switch the branch asked for. That is a
+lower bound on the step's time, not a measurement: it ranks settings of a GPU step compiled on
+a CPU (`gpu_target`), where nothing can be timed.
 Bytes are a kernel's operands and outputs, less what it only slices or gathers, or updates in
 place.
 """

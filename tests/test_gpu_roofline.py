@@ -129,7 +129,8 @@ def test_costs_of_products_loops_switches_slices_and_updates():
       GEMM + LOOP + SWITCH + ROW + PUT + ATTENTION + BACKWARD + PICK + EDGE + DOT + COPY)
   by = {key: round(v * 1e9) for key, v in r.by.items()}
   assert by == {("rest", "gemm"): GEMM + DOT, ("rest", "attention"): ATTENTION + BACKWARD,
-                ("head", "memory"): SWITCH, ("rest", "memory"): LOOP + ROW + PUT + PICK + EDGE + COPY}
+                ("head", "memory"): SWITCH,
+                ("rest", "memory"): LOOP + ROW + PUT + PICK + EDGE + COPY}
   cheap = gpu_roofline.estimate(MODULE, peak_flops=1e9, bandwidth=1e9, branch=1)
   assert (r.seconds - cheap.seconds) * 1e9 == pytest.approx(SWITCH)
 
