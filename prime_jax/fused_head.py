@@ -205,6 +205,7 @@ def _kept_bwd(st: vocab_chunks.Plan, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_b
         code, whole, part(x0_N), None if y_Nl is None else part(y_Nl), st.with_hits)
     dz_RC = _dz(part(kept_NC), keep_RC, hits, target_RC, [part(a) for a in terms])
     # Summed as a product: XLA:CPU's reduction over the rows of (384, 50,257) took 50x as long.
+    # (hᵀ over a row of ones, as chunk by chunk, made this head 0.96-0.98x as fast on a CPU.)
     db_C = jnp.dot(jnp.ones((rows,), jnp.float32), dz_RC)
     dz_RC = dz_RC.astype(st.compute_dtype)
     dh_RD = jnp.dot(dz_RC, whole.w_DK.T, preferred_element_type=jnp.float32)
