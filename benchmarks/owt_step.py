@@ -222,12 +222,13 @@ def report(batch: int, repeats: int, peak_tflops: float,
   out.update(step_s=sec, tokens_per_s=batch * config.data.seq_len / sec, mfu=mfu)
   line += (f"; {sec * 1e3:.1f} ms/step, {out['tokens_per_s']:,.0f} tokens/s, MFU {mfu:.1%} of "
            f"{tflops:.0f} TFLOP/s ({device.device_kind})")
+  # Printed before the share's second compile, so a time limit that stops it keeps these.
+  print(line, flush=True)
   if head_share:
     body, *_ = compile_step(config, _body_only_step)
     body_sec = _time(body, task, shard, config, repeats)
     out.update(body_s=body_sec, head_share=1.0 - body_sec / sec,
                head_flop_share=1.0 - compiled_flops(body) / compiled_flops(compiled))
-    line += (f"; head + objective {out['head_share']:.1%} of the step ({body_sec * 1e3:.1f} ms "
-             f"without them) and {out['head_flop_share']:.1%} of its compiled FLOPs")
-  print(line, flush=True)
+    print(f"  head + objective {out['head_share']:.1%} of that step ({body_sec * 1e3:.1f} ms "
+          f"without them) and {out['head_flop_share']:.1%} of its compiled FLOPs", flush=True)
   return out
