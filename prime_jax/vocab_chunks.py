@@ -47,8 +47,10 @@ def chunk(code: PrimeCode, size: int, compute_dtype: Any, k, kernel_DC: jax.Arra
 def logits(code: PrimeCode, ch: Chunk, h_RD: jax.Array, x0_R: jax.Array, y_Rl, with_hits: bool):
   """float32 logits (R, K) of a block of rows against a chunk; which columns are consistent
   with y (all fresh ones when y is None), per digit which share x0's digit (if `with_hits`),
-  and which is x0."""
-  z_RK = jnp.dot(h_RD, ch.w_DK, preferred_element_type=jnp.float32) + ch.b_K
+  and which is x0. The product comes out in h's dtype, as the unfused head's logits do: in
+  bf16 that halves the bytes every pass over the chunk reads (compiled for an H100, the OWT
+  step's roofline fell from 58.2 to 54.9 ms)."""
+  z_RK = jnp.dot(h_RD, ch.w_DK, preferred_element_type=h_RD.dtype).astype(jnp.float32) + ch.b_K
   return (z_RK,) + masks(code, ch, x0_R, y_Rl, with_hits)
 
 

@@ -116,6 +116,24 @@ def test_one_pass_gives_every_diffusion_objective_and_bfloat16_stays_close():
   _assert_close(bf16, ref["valid"], rel=3e-2, what="bfloat16 valid")
 
 
+def test_bfloat16_logits_come_out_of_their_product_in_bfloat16():
+  """As the unfused head's do (half the bytes per pass over a chunk); the gradient's products
+  still accumulate into float32."""
+  code, (h, kernel, bias), x0, y, _, _ = _inputs(2, seed=2)
+
+  def log_z_sum(h, kernel, bias):
+    return fused_head.head_stats(code, h, kernel, bias, x0, y, chunk_size=16,
+                                 compute_dtype=jnp.bfloat16, keep_logits=False).log_z.sum()
+
+  text = jax.jit(jax.grad(log_z_sum, argnums=(0, 1, 2))).lower(h, kernel, bias).as_text()
+  products = re.findall(r"dot_general .*: \(tensor<(\d+)x(\d+)xbf16>, tensor<(\d+)x(\d+)xbf16>\)"
+                        r" -> tensor<\d+x\d+x(\w+)>", text)
+  d = str(kernel.shape[0])
+  is_logits = lambda p: p[1] == d and p[2] == d and p[3] == "16"  # (R, D) · (D, K)
+  assert {p[4] for p in products if is_logits(p)} == {"bf16"}  # Forward and backward.
+  assert {p[4] for p in products if not is_logits(p)} == {"f32"}  # dz·Wᵀ and hᵀ·dz.
+
+
 def _skipped_rows(active: np.ndarray, row_blocks: int) -> np.ndarray:
   """Which rows land in blocks with no active row, once active rows are put first (stably)."""
   n = active.size
