@@ -5,11 +5,11 @@ Arguments: ell (1, 2, 3, 4, 6, 8), objective, carry_over, baseline (''|mdm|ar), 
 (gradient-accumulation steps: on one 80 GB accelerator accum=4 trains the batch of 512 as
 4 micro-batches of 128 × 1024 tokens).
 The blocks are neither rematerialised nor scanned. Compiled for an H100 (bash
-benchmarks/gpu_compile.sh), the ℓ = 2 step needs 12.8 GiB at 32 × 1024 and 44.2 GiB at
-128 × 1024, and its roofline (benchmarks/gpu_roofline.py) is 54.9 ms at 32 × 1024. Scanned, the
-backward pass copies each layer's saved activations out of the stacked buffers: 14.7 GiB and
-74.4 ms. With model.remat=True (the blocks keep their matmul outputs and compute the rest
-again) 8.5 GiB and 60.3 ms; both, as this config had them before, 9.3 GiB and 66.9 ms.
+benchmarks/gpu_compile.sh), the ℓ = 2 step needs 13.7 GiB at 32 × 1024 and 45.1 GiB at
+128 × 1024, and its roofline (benchmarks/gpu_roofline.py) is 52.5 ms at 32 × 1024. Scanned, the
+backward pass copies each layer's saved activations out of the stacked buffers: 14.9 GiB and
+72.0 ms. With model.remat=True (the blocks keep their matmul outputs and compute the rest
+again) 9.0 GiB and 57.9 ms; both, as this config had them before, 9.5 GiB and 64.4 ms.
 Prepare the data first: python -m prime_jax.data.prepare openwebtext --out=DIR.
 """
 

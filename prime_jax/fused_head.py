@@ -8,7 +8,8 @@ digit j, the consistent tokens whose digit j equals the clean digit — the mask
 `HeadStats`; a custom VJP forms each chunk's logits again in the backward pass. Small heads go as
 one chunk of the whole vocabulary whose logits the backward reuses. Values equal
 `objectives.*` on `h @ W + b`. The tokens go in blocks of rows, and blocks of tokens that have no
-diffusion loss are skipped (`vocab_chunks` holds what a chunk computes). Shape letters: N tokens
+diffusion loss are skipped (`vocab_chunks` holds what a chunk computes). Training past the kept
+logits goes through `fused_loss`, which forms each block's logits once. Shape letters: N tokens
 (batch and positions flattened), R tokens of a group of blocks, D width, C vocabulary, K chunk
 width, ℓ digits.
 """
@@ -63,7 +64,7 @@ class HeadStats(NamedTuple):
   log_hit: jax.Array
 
 
-def _stats_fwd(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
+def stats_fwd(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   """The forward loop: per chunk, for the rows of the blocks below `num_blocks`, a running max m
   and sums scaled by e^{-m} of the consistent set and hits. Rows of later blocks get zeros."""
   n, ell = h_ND.shape[0], st.code.ell if st.with_hits else 0
@@ -111,16 +112,16 @@ def _stats_fwd(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_b
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _head_stats(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
-  return _stats_fwd(dataclasses.replace(st, keep_logits=False), h_ND, kernel_DC, bias_C, x0_N,
+  return stats_fwd(dataclasses.replace(st, keep_logits=False), h_ND, kernel_DC, bias_C, x0_N,
                     y_Nl, num_blocks)[0]
 
 
 def _head_stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
-  stats, kept = _stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks)
+  stats, kept = stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks)
   return stats, (h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, stats, kept)
 
 
-def _dz(z_RK, keep_RK, hits: list, target_RK, terms_R) -> jax.Array:
+def logits_dz(z_RK, keep_RK, hits: list, target_RK, terms_R) -> jax.Array:
   """float32 dz of a block of rows' logits; `terms_R` is (log_z, g_log_z, ratio (R, ℓ),
   g_target) for those rows."""
   log_z_R, g_log_z_R, ratio_Rl, g_target_R = terms_R
@@ -166,7 +167,7 @@ def _chunked_bwd(st: vocab_chunks.Plan, h_c, ht_EN, kernel_DC, bias_C, x0_N, y_N
     y_Rl = None if y_Nl is None else rows(y_Nl)
     z_RK, keep_RK, hits, target_RK = vocab_chunks.logits(
         st.code, ch, rows(h_c), rows(x0_N), y_Rl, st.with_hits)
-    dz_RK = _dz(z_RK, keep_RK, hits, target_RK, [rows(a) for a in terms]).astype(
+    dz_RK = logits_dz(z_RK, keep_RK, hits, target_RK, [rows(a) for a in terms]).astype(
         st.compute_dtype)
     dh_RD = rows(dh_ND) + jnp.dot(dz_RK, ch.w_DK.T, preferred_element_type=jnp.float32)
     ht_ER = jax.lax.dynamic_slice_in_dim(ht_EN, start, size, axis=1)
@@ -203,14 +204,14 @@ def _kept_bwd(st: vocab_chunks.Plan, ht_DN, kernel_DC, bias_C, x0_N, y_Nl, num_b
     part = lambda a: a[:rows]
     keep_RC, hits, target_RC = vocab_chunks.masks(
         code, whole, part(x0_N), None if y_Nl is None else part(y_Nl), st.with_hits)
-    dz_RC = _dz(part(kept_NC), keep_RC, hits, target_RC, [part(a) for a in terms])
+    dz_RC = logits_dz(part(kept_NC), keep_RC, hits, target_RC, [part(a) for a in terms])
     # Summed as a product: XLA:CPU's reduction over the rows of (384, 50,257) took 50x as long.
     # (hᵀ over a row of ones, as chunk by chunk, made this head 0.96-0.98x as fast on a CPU.)
     db_C = jnp.dot(jnp.ones((rows,), jnp.float32), dz_RC)
     dz_RC = dz_RC.astype(st.compute_dtype)
     dh_RD = jnp.dot(dz_RC, whole.w_DK.T, preferred_element_type=jnp.float32)
     dw_DC = jnp.dot(ht_DN[:, :rows], dz_RC, preferred_element_type=jnp.float32)
-    return _pad_rows(dh_RD, n), dw_DC, db_C
+    return vocab_chunks.pad_rows(dh_RD, n), dw_DC, db_C
 
   return vocab_chunks.active_rows(st, n, num_blocks, run)
 
@@ -273,8 +274,21 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   if bias_C is None:
     bias_C = jnp.zeros((code.vocab_size,), kernel_DC.dtype)
   dtype = jnp.result_type(h, kernel_DC) if compute_dtype is None else compute_dtype
+  rp = plan_rows(code, x0, active, row_blocks, chunk_size, with_hits, dtype, keep_logits)
+  flat = _head_stats(rp.st, rp.rows(h), kernel_DC, bias_C, rp.rows(x0),
+                     None if y is None else rp.rows(y), rp.num_blocks)
+  return HeadStats(*rp.restore(*flat))
+
+
+def keeps_logits(code: PrimeCode, rows: int) -> bool:
+  """Whether `head_stats` keeps the logits of `rows` rows by default (KEEP_LOGITS_MAX_BYTES)."""
+  return 4 * rows * code.vocab_size <= KEEP_LOGITS_MAX_BYTES
+
+
+def plan_rows(code: PrimeCode, x0: jax.Array, active, row_blocks, chunk_size: int,
+              with_hits: bool, dtype, keep_logits) -> vocab_chunks.RowPlan:
+  """The `vocab_chunks.RowPlan` of `head_stats`' arguments (see there)."""
   lead, n = x0.shape, x0.size
-  rows = (h.reshape(n, h.shape[-1]), x0.reshape(n), None if y is None else y.reshape(n, code.ell))
   if row_blocks is None:
     row_blocks = max(1, min(MAX_ROW_BLOCKS, n // MIN_BLOCK_ROWS))
     row_blocks = 1 if row_blocks <= code.ell else row_blocks
@@ -283,26 +297,15 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   size = -(-n // blocks)
   chunk_size = min(chunk_size, code.vocab_size)
   if keep_logits is None:
-    keep_logits = 4 * blocks * size * code.vocab_size <= KEEP_LOGITS_MAX_BYTES
+    keep_logits = keeps_logits(code, blocks * size)
   if keep_logits:  # Kept logits go as one chunk: one product each way, no loop over chunks.
     chunk_size = code.vocab_size
   st = vocab_chunks.Plan(code, chunk_size, with_hits, jnp.dtype(dtype), size, skip,
                          bool(keep_logits))
   if not skip:
-    flat = _head_stats(st, *rows[:1], kernel_DC, bias_C, *rows[1:], jnp.int32(1))
-  else:
-    order = jnp.argsort(~jnp.reshape(active, n), stable=True)  # Active rows first.
-    num_blocks = -(-jnp.sum(active, dtype=jnp.int32) // size)
-    padded = [None if a is None else _pad_rows(a[order], blocks * size) for a in rows]
-    flat = _head_stats(st, padded[0], kernel_DC, bias_C, *padded[1:], num_blocks)
-    back = jnp.zeros_like(order).at[order].set(jnp.arange(n))  # Inverse permutation.
-    flat = HeadStats(*(a[:n][back] for a in flat))
-  return HeadStats(flat.log_z.reshape(lead), flat.target.reshape(lead),
-                   flat.log_hit.reshape(lead + flat.log_hit.shape[-1:]))
-
-
-def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
-  return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+    return vocab_chunks.RowPlan(st, lead, None, jnp.int32(1))
+  order = jnp.argsort(~jnp.reshape(active, n), stable=True)  # Active rows first.
+  return vocab_chunks.RowPlan(st, lead, order, -(-jnp.sum(active, dtype=jnp.int32) // size))
 
 
 def _time_weight(schedule: Schedule, t, ndim: int) -> jax.Array:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prime_jax import errors, forward, fused_head, likelihood, objectives, schedules
+from prime_jax import errors, forward, fused_head, fused_loss, likelihood, objectives, schedules
 from prime_jax.schedules import Schedule
 from prime_jax.subtokens import PrimeCode
 
@@ -106,7 +106,7 @@ class Loss:
 
   def train(self, apply_fn: ApplyFn, tokens: jax.Array, key: jax.Array, head: Optional[tuple] = None
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(per-example loss (B,), per-example metrics) in nats per token on one batch.
+    """(loss: the mean over the batch's tokens, per-example metrics (B,)) in nats per token.
 
     Diffusion objectives report the valid bound and the paper's joint objective on the same
     noised batch, whichever one is trained. With `head` = (kernel (D, C), bias (C,)),
@@ -122,7 +122,7 @@ class Loss:
         nll = fused_head.autoregressive_nll(self.code, out, *head, tokens,
                                             chunk_size=self.head_chunk, compute_dtype=out.dtype)
       per_example = nll.mean(axes)
-      return per_example, {"nll": per_example}
+      return per_example.mean(), {"nll": per_example}
     t = schedules.sample_times(k_t, tokens.shape[0], self.t_min, self.antithetic)
     y = forward.mask_subtokens(k_mask, self.code, tokens, self.schedule.alpha(t))
     out = apply_fn(y, t, k_drop)
@@ -136,20 +136,25 @@ class Loss:
       value = per_token if name == self.objective.name else OBJECTIVES[name].token_loss(
           self.code, self.schedule, fixed, tokens, y, t, self.carry_over)
       metrics[name] = jax.lax.stop_gradient(value).mean(axes)
-    return per_token.mean(axes), metrics
+    return per_token.mean(axes).mean(), metrics
 
   def _fused_train(self, h, head: tuple, tokens, y, t, axes: tuple[int, ...]
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The diffusion loss and metrics from one chunked pass of the head (`fused_head`)."""
     skip = self.head_skip_rows and not self.objective.every_token
     active = (y == self.code.mask_value).any(-1) if skip else None
+    if not fused_head.keeps_logits(self.code, tokens.size):
+      loss, per = fused_loss.mean_loss(self.code, self.schedule, self.objective.name, h, *head,
+                                       tokens, y, t, self.carry_over, active=active,
+                                       compute_dtype=h.dtype)
+      return loss, {name: per[name].mean(axes) for name in self.objective.metrics}
     stats = fused_head.head_stats(self.code, h, *head, tokens, y if self.carry_over else None,
                                   chunk_size=self.head_chunk, compute_dtype=h.dtype,
                                   active=active)
     per = fused_head.losses_from_stats(self.code, self.schedule, stats, y, t)
     metrics = {name: jax.lax.stop_gradient(per[name]).mean(axes)
                for name in self.objective.metrics}
-    return per[self.objective.name].mean(axes), metrics
+    return per[self.objective.name].mean(axes).mean(), metrics
 
   def log_probs(self, denoise_fn: likelihood.DenoiseFn, tokens: jax.Array) -> jax.Array:
     """(B, *P) log p(x_i | x_<i) of the causal baseline (`denoise_fn(y, t)` gives logits)."""

@@ -153,7 +153,8 @@ def init_state(task: Task, key: jax.Array, example_shape: tuple[int, ...],
 
 def loss_terms(task: Task, params: Any, tokens: jax.Array, key: jax.Array, *, train: bool
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(per-example training loss (B,), per-example metrics) of `task.loss` on one batch (nats)."""
+  """(training loss: the mean over the batch's tokens, per-example metrics) of `task.loss` on
+  one batch (nats)."""
   fused = task.loss.head_chunk > 0
 
   def apply_fn(y, t, dropout_key):
@@ -187,9 +188,7 @@ def train_step(task: Task, state: TrainState, tokens: jax.Array) -> tuple[TrainS
     grads, sums = carry
     index, batch = inputs
     def loss_fn(p):
-      per_example, metrics = loss_terms(task, p, batch, jax.random.fold_in(key, index),
-                                         train=True)
-      return per_example.mean(), metrics
+      return loss_terms(task, p, batch, jax.random.fold_in(key, index), train=True)
     (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     sums = jax.tree.map(lambda s, m: s + m.mean(), sums, {"loss": loss, **metrics})
     return (jax.tree.map(jnp.add, grads, g), sums), None

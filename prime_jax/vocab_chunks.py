@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +124,42 @@ class Plan:
   def chunk(self, k, kernel_DC: jax.Array, bias_C: jax.Array) -> Chunk:
     """Chunk k of this plan's size."""
     return chunk(self.code, self.chunk_size, self.compute_dtype, k, kernel_DC, bias_C)
+
+
+class RowPlan(NamedTuple):
+  """How the rows of x0's shape go to the custom VJPs: flattened, and with `active`, put active
+  first (`order`) and padded to whole blocks, of which `num_blocks` are computed."""
+
+  st: Plan
+  lead: tuple
+  order: Optional[jax.Array]
+  num_blocks: jax.Array
+
+  def rows(self, a: jax.Array) -> jax.Array:
+    """(N, ...) rows of `a` (x0's shape, then any trailing axes), in the plan's order."""
+    a = a.reshape((-1,) + a.shape[len(self.lead):])
+    if self.order is None:
+      return a
+    return pad_rows(a[self.order], self.num_rows)
+
+  def restore(self, *arrays: jax.Array) -> tuple:
+    """The inverse of `rows` for each array: x0's shape (then the array's trailing axes) in the
+    caller's order."""
+    if self.order is not None:
+      n = len(self.order)
+      back = jnp.zeros_like(self.order).at[self.order].set(jnp.arange(n))  # Inverse permutation.
+      arrays = [a[:n][back] for a in arrays]
+    return tuple(a.reshape(self.lead + a.shape[1:]) for a in arrays)
+
+  @property
+  def num_rows(self) -> int:
+    """Rows after padding to whole blocks (with an order; else the rows as given)."""
+    return -(-len(self.order) // self.st.block_rows) * self.st.block_rows
+
+
+def pad_rows(a: jax.Array, rows: int) -> jax.Array:
+  """a with zero rows appended to `rows` rows."""
+  return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
 
 def take_rows(a, start, size: int):
