@@ -49,10 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
       # 'auto': cuDNN's fused attention on a GPU in bf16, einsums elsewhere; 'xla' or 'cudnn'
       # force jax.nn.dot_product_attention with that implementation.
       attention_impl="auto",
-      # > 0: train through `fused_head` (transformer only), never holding (B, L, C) logits past
-      # fused_head.KEEP_LOGITS_MAX_BYTES: beyond it the diffusion objectives go through
-      # `fused_loss` and the autoregressive baseline in chunks of this many token values; 0
-      # forms the logits.
+      # > 0 (transformer only): train through `fused_head` (chunks of this many token values) or
+      # `fused_loss`, holding (B, L, C) logits only up to fused_head.KEEP_LOGITS_MAX_BYTES.
       fused_head_chunk=0,
       # The fused head skips blocks of tokens with no masked digit (about a third at ℓ = 2) behind
       # a switch on their count: off, it computes every token with no switch.

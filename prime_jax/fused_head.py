@@ -113,7 +113,7 @@ def stats_fwd(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_bl
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _head_stats(st: vocab_chunks.Plan, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
   return stats_fwd(dataclasses.replace(st, keep_logits=False), h_ND, kernel_DC, bias_C, x0_N,
-                    y_Nl, num_blocks)[0]
+                   y_Nl, num_blocks)[0]
 
 
 def _head_stats_fwd(st, h_ND, kernel_DC, bias_C, x0_N, y_Nl, num_blocks):
@@ -252,7 +252,8 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   """`HeadStats` of the logits h @ kernel + bias (h: (..., D)), restricted by y (..., ℓ) if given.
 
   Matmuls run in `compute_dtype` (default: that of h and kernel) with float32 accumulation,
-  and the logits are rounded to it, as the unfused head's are; the log-sum-exps are float32. `with_hits=False` skips the per-digit sums (token objectives only).
+  and the logits are rounded to it, as the unfused head's are; the log-sum-exps are float32.
+  `with_hits=False` skips the per-digit sums (token objectives only).
   With `active` (x0's shape, bool), the rows are put active first and cut into `row_blocks`
   blocks (default: see MAX_ROW_BLOCKS; 1 computes every row), and blocks with no active row are
   skipped: their stats are 0 (every diffusion loss of a token with no masked digit is 0 whatever

@@ -140,7 +140,8 @@ class Loss:
 
   def _fused_train(self, h, head: tuple, tokens, y, t, axes: tuple[int, ...]
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The diffusion loss and metrics from one chunked pass of the head (`fused_head`)."""
+    """The diffusion loss and metrics from one pass of the fused head: `fused_head` where it
+    keeps its logits, else `fused_loss`, which forms the gradient in that pass."""
     skip = self.head_skip_rows and not self.objective.every_token
     active = (y == self.code.mask_value).any(-1) if skip else None
     if not fused_head.keeps_logits(self.code, tokens.size):
