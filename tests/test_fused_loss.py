@@ -168,3 +168,34 @@ def test_a_train_step_past_the_kept_logits_limit_equals_the_one_on_logits(past_t
   _assert_same(_train_loss(100), unfused, "fused")
   _assert_same(_train_loss(100, (4, 2)), unfused, "sharded")
   assert len(past_the_kept_limit) == 2
+
+
+def test_train_steps_over_micro_batches_equal_the_ones_on_logits(monkeypatch):
+  """The OWT config trains as 4 micro-batches: the custom VJP inside the accumulation loop."""
+  monkeypatch.setattr(fused_head, "KEEP_LOGITS_MAX_BYTES", 0)
+  tokens = jax.random.randint(jax.random.key(2), (16, 32), 0, 256)
+  out = {}
+  for chunk in (0, 100):
+    c = tiny.config_from_arg("ell=2", model__fused_head_chunk=chunk)
+    c.optim.grad_accum_steps, c.train.batch_size = 2, 16
+    c.mesh.update(data=1, fsdp=1, tensor=1)
+    task = step_lib.build_task(c, 256, (32,))
+    step = jax.jit(functools.partial(step_lib.train_step, task))
+    state, metrics = step(*step(step_lib.init_state(task, jax.random.key(0), (32,)), tokens)[:1],
+                          tokens)
+    out[chunk] = (state.params, metrics)
+  for name in ("loss_bits", "valid_bits", "joint_bits", "grad_norm"):
+    _close(out[100][1][name], out[0][1][name], 1e-5, name)
+  for a, b in zip(jax.tree.leaves(out[100][0]), jax.tree.leaves(out[0][0])):
+    _close(a, b, 1e-5, "parameters after two steps")
+
+
+def test_the_gradient_scales_with_the_loss_cotangent():
+  """The backward pass scales the gradient the forward pass formed by the loss's cotangent."""
+  code, params, x0, y, t = _inputs(2)
+  loss = lambda p: fused_loss.mean_loss(code, SCHEDULE, "valid", *p, x0, y, t)[0]
+  once, scaled = jax.jit(lambda p: (jax.grad(loss)(p), jax.grad(lambda q: -2.5 * loss(q))(p)))(
+      params)
+  for a, b in zip(scaled, once):
+    np.testing.assert_allclose(a, -2.5 * b, rtol=1e-6, atol=1e-12)
+    assert np.abs(b).max() > 0
