@@ -225,7 +225,7 @@ def _add_slice(total, part, start, axis: int):
 _head_stats.defvjp(_head_stats_fwd, _head_stats_bwd)
 
 
-def _check(code: PrimeCode, h, kernel_DC, bias_C, x0, y, chunk_size) -> None:
+def check_args(code: PrimeCode, h, kernel_DC, bias_C, x0, y, chunk_size) -> None:
   """ValueError naming the argument whose shape or value does not fit the code and the others."""
   if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -264,7 +264,7 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   h, kernel_DC, x0 = jnp.asarray(h), jnp.asarray(kernel_DC), jnp.asarray(x0)
   y = None if y is None else jnp.asarray(y)
   bias_C = None if bias_C is None else jnp.asarray(bias_C)
-  _check(code, h, kernel_DC, bias_C, x0, y, chunk_size)
+  check_args(code, h, kernel_DC, bias_C, x0, y, chunk_size)
   if active is not None and jnp.shape(active) != x0.shape:
     raise ValueError(f"active must have x0's shape {x0.shape}, got {jnp.shape(active)}")
   if row_blocks is not None and (not isinstance(row_blocks, int) or isinstance(row_blocks, bool)

@@ -128,7 +128,11 @@ def mean_loss(code: PrimeCode, schedule: Schedule, name: str, h: jax.Array,
   if name not in ("valid", "joint", "cross_entropy") or (name == "valid" and not with_hits):
     raise ValueError(f"name must be 'valid' (with_hits=True), 'joint' or 'cross_entropy', "
                      f"got {name!r} (with_hits={with_hits})")
-  y_t = jnp.asarray(y_t)
+  h, kernel_DC, x0, y_t = (jnp.asarray(a) for a in (h, kernel_DC, x0, y_t))
+  bias_C = None if bias_C is None else jnp.asarray(bias_C)
+  fused_head.check_args(code, h, kernel_DC, bias_C, x0, y_t, code.vocab_size)
+  if active is not None and jnp.shape(active) != x0.shape:
+    raise ValueError(f"active must have x0's shape {x0.shape}, got {jnp.shape(active)}")
   if bias_C is None:
     bias_C = jnp.zeros((code.vocab_size,), kernel_DC.dtype)
   dtype = jnp.result_type(h, kernel_DC) if compute_dtype is None else compute_dtype

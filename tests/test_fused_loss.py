@@ -110,12 +110,19 @@ def test_each_part_forms_its_logits_once(monkeypatch):
   assert products(fused) == 3 and products(recomputed) == 4
 
 
-def test_a_name_it_does_not_compute_is_refused():
+def test_a_name_it_does_not_compute_and_bad_shapes_are_refused_by_name():
   code, params, x0, y, t = _inputs(2)
   with pytest.raises(ValueError, match="'valid' \\(with_hits=True\\), 'joint'"):
     fused_loss.mean_loss(code, SCHEDULE, "autoregressive", *params, x0, y, t)
   with pytest.raises(ValueError, match="with_hits=False"):
     fused_loss.mean_loss(code, SCHEDULE, "valid", *params, x0, y, t, with_hits=False)
+  h, kernel, bias = params
+  with pytest.raises(ValueError, match=r"kernel must have shape \(D, C=57\)"):
+    fused_loss.mean_loss(code, SCHEDULE, "valid", h, kernel[:, :50], bias, x0, y, t)
+  with pytest.raises(ValueError, match=r"y must have shape \(4, 64, 2\)"):
+    fused_loss.mean_loss(code, SCHEDULE, "valid", h, kernel, bias, x0, y[..., :1], t)
+  with pytest.raises(ValueError, match="active must have x0's shape"):
+    fused_loss.mean_loss(code, SCHEDULE, "valid", *params, x0, y, t, active=y)
 
 
 def _train_loss(chunk: int, mesh_shape=None):
