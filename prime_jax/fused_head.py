@@ -144,17 +144,21 @@ def _head_stats_bwd(st, res, g):
   ratio_Nl = g_log_hit / jnp.exp(stats.log_hit - stats.log_z[:, None])
   terms = (stats.log_z, g_log_z, ratio_Nl, g_target)
   h_c = h_ND.astype(st.compute_dtype)
-  # A kept copy of hᵀ (XLA folds a bare transpose back into hᵀ·dz, ~1.3x slower on XLA:CPU).
-  # Chunk by chunk it has a row of ones (and zeros to a multiple of 8 rows) below it, so the
-  # product that gives a chunk's weight gradient also gives its bias gradient: a sum of the
-  # float32 dz over rows had XLA:GPU write dz in float32 and read it back.
-  extra = [] if st.keep_logits else [jnp.zeros((8, h_c.shape[0]), h_c.dtype).at[0].set(1)]
-  ht_EN = jax.lax.optimization_barrier(jnp.concatenate([h_c.T] + extra, axis=0))
+  ht_EN = kept_transpose(h_c, with_ones=not st.keep_logits)
   if st.keep_logits:
     grads = _kept_bwd(st, ht_EN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, kept, terms)
   else:
     grads = _chunked_bwd(st, h_c, ht_EN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks, terms)
   return tuple(a.astype(b.dtype) for a, b in zip(grads, (h_ND, kernel_DC, bias_C))) + (None,) * 3
+
+
+def kept_transpose(h_ND: jax.Array, with_ones: bool) -> jax.Array:
+  """A kept copy of hᵀ, (D, N) or, `with_ones`, (D + 8, N) with a row of ones and seven of zeros
+  below it, so the product that gives a weight gradient hᵀ·dz also gives the bias gradient 1ᵀ·dz
+  (a sum of the float32 dz over rows had XLA:GPU write dz in float32 and read it back). Kept
+  behind a barrier: XLA folds a bare transpose back into hᵀ·dz, ~1.3x slower on XLA:CPU."""
+  extra = [jnp.zeros((8, h_ND.shape[0]), h_ND.dtype).at[0].set(1)] if with_ones else []
+  return jax.lax.optimization_barrier(jnp.concatenate([h_ND.T] + extra, axis=0))
 
 
 def _chunked_bwd(st: vocab_chunks.Plan, h_c, ht_EN, kernel_DC, bias_C, x0_N, y_Nl, num_blocks,
@@ -225,7 +229,7 @@ def _add_slice(total, part, start, axis: int):
 _head_stats.defvjp(_head_stats_fwd, _head_stats_bwd)
 
 
-def check_args(code: PrimeCode, h, kernel_DC, bias_C, x0, y, chunk_size) -> None:
+def check_args(code: PrimeCode, h, kernel_DC, bias_C, x0, y, chunk_size, active=None) -> None:
   """ValueError naming the argument whose shape or value does not fit the code and the others."""
   if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -241,6 +245,8 @@ def check_args(code: PrimeCode, h, kernel_DC, bias_C, x0, y, chunk_size) -> None
   if y is not None and y.shape != x0.shape + (code.ell,):
     raise ValueError(f"y must have shape {x0.shape + (code.ell,)} (x0's shape + (ℓ,)), "
                      f"got {y.shape}")
+  if active is not None and jnp.shape(active) != x0.shape:
+    raise ValueError(f"active must have x0's shape {x0.shape}, got {jnp.shape(active)}")
 
 
 def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.Array,
@@ -264,9 +270,7 @@ def head_stats(code: PrimeCode, h: jax.Array, kernel_DC: jax.Array, bias_C: jax.
   h, kernel_DC, x0 = jnp.asarray(h), jnp.asarray(kernel_DC), jnp.asarray(x0)
   y = None if y is None else jnp.asarray(y)
   bias_C = None if bias_C is None else jnp.asarray(bias_C)
-  check_args(code, h, kernel_DC, bias_C, x0, y, chunk_size)
-  if active is not None and jnp.shape(active) != x0.shape:
-    raise ValueError(f"active must have x0's shape {x0.shape}, got {jnp.shape(active)}")
+  check_args(code, h, kernel_DC, bias_C, x0, y, chunk_size, active)
   if row_blocks is not None and (not isinstance(row_blocks, int) or isinstance(row_blocks, bool)
                                  or row_blocks < 1):
     raise ValueError(f"row_blocks must be a positive integer, got {row_blocks!r}")

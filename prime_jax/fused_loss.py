@@ -64,9 +64,7 @@ def _forward(st: vocab_chunks.Plan, part_rows: int, h_ND, kernel_DC, bias_C, x0_
   """(loss, stats), float32 (dh, dW, db): the parts of the active blocks, one at a time."""
   n, d = h_ND.shape
   h_c = h_ND.astype(st.compute_dtype)
-  # hᵀ over a row of ones (and zeros to 8 rows): hᵀ·dz also gives the bias gradient.
-  ones = jnp.zeros((8, n), h_c.dtype).at[0].set(1)
-  ht_EN = jax.lax.optimization_barrier(jnp.concatenate([h_c.T, ones], axis=0))
+  ht_EN = fused_head.kept_transpose(h_c, with_ones=True)  # [hᵀ; 1]·dz gives dW and db.
   part_st = dataclasses.replace(st, chunk_size=st.code.vocab_size, block_rows=part_rows,
                                 skip=False, keep_logits=False)
   ell = st.code.ell if st.with_hits else 0
@@ -130,9 +128,7 @@ def mean_loss(code: PrimeCode, schedule: Schedule, name: str, h: jax.Array,
                      f"got {name!r} (with_hits={with_hits})")
   h, kernel_DC, x0, y_t = (jnp.asarray(a) for a in (h, kernel_DC, x0, y_t))
   bias_C = None if bias_C is None else jnp.asarray(bias_C)
-  fused_head.check_args(code, h, kernel_DC, bias_C, x0, y_t, code.vocab_size)
-  if active is not None and jnp.shape(active) != x0.shape:
-    raise ValueError(f"active must have x0's shape {x0.shape}, got {jnp.shape(active)}")
+  fused_head.check_args(code, h, kernel_DC, bias_C, x0, y_t, code.vocab_size, active)
   if bias_C is None:
     bias_C = jnp.zeros((code.vocab_size,), kernel_DC.dtype)
   dtype = jnp.result_type(h, kernel_DC) if compute_dtype is None else compute_dtype
